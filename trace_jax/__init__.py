@@ -1,0 +1,1 @@
+"""TRACE: a time-series encoder grounded in text, in JAX/Flax."""
