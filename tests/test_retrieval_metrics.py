@@ -1,0 +1,124 @@
+"""Retrieval metrics on hand-made similarity matrices and against brute-force references."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trace_jax.eval.retrieval_metrics import exact_pair_metrics, label_metrics
+
+
+def test_exact_perfect_reversed_ties():
+    m = exact_pair_metrics(np.eye(6), ks=(1, 5))
+    assert m == {"hit@1": 1.0, "hit@5": 1.0, "mrr": 1.0, "n_queries": 6.0}
+    m = exact_pair_metrics(-np.eye(6), ks=(1, 5, 6))  # the positive is always last
+    assert m["hit@1"] == 0.0 and m["hit@5"] == 0.0 and m["hit@6"] == 1.0
+    assert m["mrr"] == pytest.approx(1 / 6)
+    m = exact_pair_metrics(np.zeros((4, 4)), ks=(1,))  # all tied: pessimistic rank 4
+    assert m["hit@1"] == 0.0 and m["mrr"] == pytest.approx(0.25)
+    assert all(type(v) is float for v in m.values())
+
+
+def test_exact_three_by_three_by_hand():
+    sim = np.array([[0.9, 0.1, 0.5],    # positive best: rank 1
+                    [0.8, 0.7, 0.2],    # one above: rank 2
+                    [0.3, 0.3, 0.3]])   # two tied: rank 3
+    m = exact_pair_metrics(sim, ks=(1, 2, 3))
+    assert m["hit@1"] == pytest.approx(1 / 3)
+    assert m["hit@2"] == pytest.approx(2 / 3)
+    assert m["hit@3"] == pytest.approx(1.0)
+    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def brute_exact(sim, ks):
+    ranks = np.array([1 + sum(sim[i, j] >= sim[i, i] for j in range(sim.shape[1]) if j != i)
+                      for i in range(sim.shape[0])])
+    out = {f"hit@{k}": float(np.mean(ranks <= k)) for k in ks}
+    out["mrr"] = float(np.mean(1.0 / ranks))
+    return out
+
+
+def test_exact_chunking_and_jax_input():
+    rng = np.random.default_rng(0)
+    sim = np.round(rng.normal(size=(37, 50)), 1).astype(np.float32)  # rounding makes ties
+    sim[np.arange(37), np.arange(37)] += 0.5
+    ref = brute_exact(sim, (1, 5, 10))
+    full = exact_pair_metrics(sim, chunk_size=10_000)
+    for chunk in (1, 7, 37):
+        assert exact_pair_metrics(sim, chunk_size=chunk) == full
+    assert exact_pair_metrics(jnp.asarray(sim), chunk_size=8) == full
+    for key, value in ref.items():
+        assert full[key] == pytest.approx(value)
+    with pytest.raises(ValueError):
+        exact_pair_metrics(sim.T)
+
+
+def brute_label(sim, ql, cl, ks, exclude_self):
+    """Full sort per query, ties ordered with non-matching candidates first."""
+    p = {k: [] for k in ks}
+    rr = []
+    for i in range(sim.shape[0]):
+        cands = [j for j in range(sim.shape[1]) if not (exclude_self and j == i)]
+        order = sorted(cands, key=lambda j: (-sim[i, j], cl[j] == ql[i]))
+        rel = [cl[j] == ql[i] for j in order]
+        for k in ks:
+            kk = min(k, len(order))
+            p[k].append(sum(rel[:kk]) / kk)
+        rr.append(1.0 / (rel.index(True) + 1) if any(rel) else 0.0)
+    out = {f"label_p@{k}": float(np.mean(p[k])) for k in ks}
+    out["label_mrr"] = float(np.mean(rr))
+    return out
+
+
+def test_label_metrics_by_hand():
+    sim = np.array([[0.9, 0.8, 0.1, 0.5],
+                    [0.2, 0.3, 0.9, 0.4],
+                    [0.7, 0.6, 0.6, 0.1]])
+    ql = np.array(["a", "b", "a"])
+    cl = np.array(["a", "b", "b", "a"])
+    m = label_metrics(sim, ql, cl, ks=(1, 2))
+    # q0 order: c0(a) c1(b) c3(a) c2 -> P@1 1, P@2 1/2, RR 1
+    # q1 order: c2(b) c3(a) c1(b) c0 -> P@1 1, P@2 1/2, RR 1
+    # q2 order: c0(a) c1/c2 tied (b,b) c3(a) -> P@1 1, P@2 1/2, RR 1
+    assert m["label_p@1"] == pytest.approx(1.0)
+    assert m["label_p@2"] == pytest.approx(0.5)
+    assert m["label_mrr"] == pytest.approx(1.0)
+    # Series->series with the query itself as candidate i: self must be dropped.
+    ss = np.array([[1.0, 0.2, 0.6],
+                   [0.2, 1.0, 0.9],
+                   [0.6, 0.9, 1.0]])
+    labels = np.array([0, 1, 0])
+    m = label_metrics(ss, labels, labels, ks=(1,), exclude_self=True)
+    # q0: c2 (0) best -> 1; q1: c2 (0) -> 0, first match none -> RR 0; q2: c1 (1) then c0 (0) -> RR 1/2
+    assert m["label_p@1"] == pytest.approx(1 / 3)
+    assert m["label_mrr"] == pytest.approx((1 + 0 + 0.5) / 3)
+    m = label_metrics(ss, labels, labels, ks=(1,))
+    assert m["label_p@1"] == 1.0 and m["label_mrr"] == 1.0
+
+
+def test_label_metrics_ties_pessimistic():
+    sim = np.zeros((1, 4))
+    m = label_metrics(sim, [1], [0, 1, 0, 0], ks=(1, 3, 4, 9))
+    assert m["label_p@1"] == 0.0 and m["label_p@3"] == 0.0
+    assert m["label_p@4"] == pytest.approx(0.25) and m["label_p@9"] == pytest.approx(0.25)
+    assert m["label_mrr"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_label_metrics_against_brute_force_and_chunking(exclude_self):
+    rng = np.random.default_rng(1)
+    sim = rng.integers(0, 5, size=(23, 30)).astype(np.float32)  # many ties
+    ql = rng.integers(0, 4, size=23)
+    cl = rng.integers(0, 4, size=30)
+    ks = (1, 3, 5)
+    ref = brute_label(sim, ql, cl, ks, exclude_self)
+    full = label_metrics(sim, ql, cl, ks=ks, exclude_self=exclude_self, chunk_size=1000)
+    for key, value in ref.items():
+        assert full[key] == pytest.approx(value)
+    for chunk in (1, 4):
+        got = label_metrics(sim, ql, cl, ks=ks, exclude_self=exclude_self, chunk_size=chunk)
+        for key in full:
+            assert got[key] == pytest.approx(full[key], abs=1e-12)
+    got = label_metrics(jnp.asarray(sim), jnp.asarray(ql), jnp.asarray(cl), ks=ks,
+                        exclude_self=exclude_self, chunk_size=5)
+    for key in full:
+        assert got[key] == pytest.approx(full[key], abs=1e-12)
+        assert type(got[key]) is float

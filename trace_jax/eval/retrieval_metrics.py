@@ -1,0 +1,136 @@
+"""Retrieval metrics on a query-by-candidate similarity matrix.
+
+Both functions accept numpy or JAX arrays and walk the queries in chunks of rows, so only a
+(chunk_size, n_candidates) block is ever held on the host. Ties are broken pessimistically:
+a candidate scoring exactly as high as a relevant one is ranked ahead of it. Results are
+plain Python floats.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Sequence
+
+import numpy as np
+
+
+def _chunks(n: int, chunk_size: int) -> Iterable[slice]:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(start + chunk_size, n))
+
+
+def _shape(sim) -> tuple:
+    if not hasattr(sim, "shape"):
+        sim = np.asarray(sim)
+    if len(sim.shape) != 2:
+        raise ValueError(f"sim must be (n_queries, n_candidates), got shape {sim.shape}")
+    return tuple(sim.shape)
+
+
+def _block(sim, rows: slice) -> np.ndarray:
+    # Slicing first keeps a JAX matrix on its device; only the block is copied to the host.
+    if not hasattr(sim, "shape"):
+        sim = np.asarray(sim)
+    return np.asarray(sim[rows])
+
+
+def _check_ks(ks: Sequence[int]) -> tuple:
+    ks = tuple(int(k) for k in ks)
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be >= 1, got {ks}")
+    return ks
+
+
+def exact_pair_metrics(sim, ks: Sequence[int] = (1, 5, 10), *,
+                       chunk_size: int = 1024) -> Dict[str, float]:
+    """hit@k and MRR where query i's only correct candidate is candidate i.
+
+    The rank of the positive is 1 + the number of other candidates whose score is >= its own.
+    Returns {"hit@k": ..., "mrr": ..., "n_queries": ...}.
+    """
+    nq, nc = _shape(sim)
+    if nq > nc:
+        raise ValueError(f"query i pairs with candidate i: need n_queries <= n_candidates, "
+                         f"got {nq} > {nc}")
+    ks = _check_ks(ks)
+    ranks = np.zeros(nq, np.int64)  # one int per query; the blocks are never kept
+    for rows in _chunks(nq, chunk_size):
+        block = _block(sim, rows)
+        local = np.arange(block.shape[0])
+        cols = local + rows.start
+        positive = block[local, cols]
+        # >= counts the positive itself, so this is already 1 + the candidates ahead of it.
+        ranks[rows] = np.count_nonzero(block >= positive[:, None], axis=1)
+    out = {f"hit@{k}": float(np.mean(ranks <= k)) if nq else 0.0 for k in ks}
+    out["mrr"] = float(np.mean(1.0 / ranks)) if nq else 0.0
+    out["n_queries"] = float(nq)
+    return out
+
+
+def label_metrics(sim, query_labels, candidate_labels, ks: Sequence[int] = (1, 5),
+                  exclude_self: bool = False, *, chunk_size: int = 1024) -> Dict[str, float]:
+    """Label precision@k and label MRR.
+
+    label_p@k: fraction of the top-k candidates whose label equals the query's, averaged over
+    queries (k is capped at the number of available candidates). label_mrr: mean reciprocal
+    rank of the first candidate with the query's label (0 for a query whose label no candidate
+    has). exclude_self drops candidate i for query i (series -> series retrieval; needs
+    n_queries <= n_candidates). No full sort: the k-th best score is found by partitioning
+    and ties at the boundary are resolved pessimistically by counting.
+    """
+    nq, nc = _shape(sim)
+    ks = _check_ks(ks)
+    qlab = np.asarray(query_labels)
+    clab = np.asarray(candidate_labels)
+    if qlab.shape != (nq,) or clab.shape != (nc,):
+        raise ValueError(f"labels must be ({nq},) and ({nc},), got {qlab.shape} and {clab.shape}")
+    if exclude_self and nq > nc:
+        raise ValueError(f"exclude_self needs n_queries <= n_candidates, got {nq} > {nc}")
+    n_avail = nc - 1 if exclude_self else nc
+    if n_avail < 1:
+        raise ValueError("no candidate left to retrieve")
+    eff = {k: min(k, n_avail) for k in ks}
+    kth_positions = sorted({nc - eff[k] for k in ks})  # positions in ascending order
+
+    # Per-query values (not running sums) so the result does not depend on chunk_size.
+    precision = {k: np.zeros(nq) for k in ks}
+    rr = np.zeros(nq)
+    for rows in _chunks(nq, chunk_size):
+        block = _block(sim, rows)
+        if not np.issubdtype(block.dtype, np.floating):
+            block = block.astype(np.float64)
+        relevant = qlab[rows][:, None] == clab[None, :]
+        available = np.ones(block.shape, bool)
+        if exclude_self:
+            local = np.arange(block.shape[0])
+            block = block.copy()
+            block[local, local + rows.start] = -np.inf  # now the smallest score of its row
+            available[local, local + rows.start] = False
+            relevant = relevant & available
+        irrelevant = available & ~relevant
+
+        # Label MRR: first relevant rank = 1 + irrelevant candidates scoring >= the best relevant.
+        best_rel = np.max(np.where(relevant, block, -np.inf), axis=1)
+        any_rel = relevant.any(axis=1)
+        ahead = np.count_nonzero(irrelevant & (block >= best_rel[:, None]), axis=1)
+        rr[rows] = np.where(any_rel, 1.0 / (1.0 + ahead), 0.0)
+
+        # P@k: with t the k-th best score, take every candidate > t, then fill the remaining
+        # slots from the ties at t, irrelevant ones first.
+        part = np.partition(block, kth_positions, axis=1)
+        for k in ks:
+            ke = eff[k]
+            t = part[:, nc - ke][:, None]
+            above = available & (block > t)
+            tied = available & (block == t)
+            n_above = np.count_nonzero(above, axis=1)
+            rel_above = np.count_nonzero(above & relevant, axis=1)
+            irr_tied = np.count_nonzero(tied & ~relevant, axis=1)
+            rel_tied = np.count_nonzero(tied & relevant, axis=1)
+            slots = ke - n_above
+            rel_taken = np.clip(slots - irr_tied, 0, rel_tied)
+            precision[k][rows] = (rel_above + rel_taken) / ke
+    out = {f"label_p@{k}": float(np.mean(precision[k])) if nq else 0.0 for k in ks}
+    out["label_mrr"] = float(np.mean(rr)) if nq else 0.0
+    out["n_queries"] = float(nq)
+    return out

@@ -1,0 +1,208 @@
+"""Training losses for TRACE: bidirectional InfoNCE (sample and channel level, optional
+in-batch hard negatives), masked-patch reconstruction, and random patch masking.
+
+Everything here is pure JAX and jit-friendly; options that change array shapes
+(`hard_negatives`) must be static Python values.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+
+HardNegatives = Union[None, str, int]
+
+_EPS = 1e-12
+
+
+def _l2_normalise(x: jnp.ndarray) -> jnp.ndarray:
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    # rsqrt(max(.)) keeps zero rows (e.g. padding) finite, gradients included.
+    return x * jax.lax.rsqrt(jnp.maximum(sq, _EPS))
+
+
+def _parse_hard_negatives(hard_negatives: HardNegatives) -> Optional[int]:
+    """None / "all" / 0 -> None (every in-batch negative); positive int K -> K."""
+    if hard_negatives is None:
+        return None
+    if isinstance(hard_negatives, str):
+        if hard_negatives.strip().lower() == "all":
+            return None
+        try:
+            hard_negatives = int(hard_negatives)
+        except ValueError:
+            raise ValueError(f"hard_negatives must be None, 'all' or an int, got {hard_negatives!r}")
+    if isinstance(hard_negatives, bool) or int(hard_negatives) != hard_negatives:
+        raise ValueError(f"hard_negatives must be None, 'all' or an int, got {hard_negatives!r}")
+    k = int(hard_negatives)
+    if k < 0:
+        raise ValueError(f"hard_negatives must be >= 0, got {k}")
+    return None if k == 0 else k
+
+
+def _direction(logits: jnp.ndarray, sim: jnp.ndarray, valid: jnp.ndarray,
+               k: Optional[int]) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-anchor InfoNCE and top-1 correctness with rows as anchors, columns as candidates.
+
+    Returns (per_anchor_loss (n,), correct (n,) bool); both are meaningless for invalid anchors
+    (callers mask them out) but always finite.
+    """
+    n = logits.shape[0]
+    eye = jnp.eye(n, dtype=bool)
+    negative = valid[None, :] & ~eye  # candidate j is a usable negative for anchor i
+    if k is not None and k < n - 1:
+        # Hard negatives: the K most similar valid cross-modal candidates other than the positive.
+        scores = jax.lax.stop_gradient(jnp.where(negative, sim, -jnp.inf))
+        top_vals, top_idx = jax.lax.top_k(scores, k)
+        picked = jnp.zeros((n, n), bool).at[jnp.arange(n)[:, None], top_idx].set(
+            jnp.isfinite(top_vals))  # slots filled with -inf (too few valid) are dropped
+        negative = negative & picked
+    keep = negative | eye  # the positive is always in the denominator
+    lse = jax.nn.logsumexp(logits, axis=1, where=keep)
+    positive = jnp.diagonal(logits)
+    per_anchor = lse - positive
+    best_negative = jnp.max(jnp.where(negative, logits, -jnp.inf), axis=1)
+    correct = positive > best_negative  # ties count as wrong
+    return per_anchor, correct
+
+
+def info_nce(series_emb: jnp.ndarray, text_emb: jnp.ndarray, *, temperature: Any,
+             valid: Optional[jnp.ndarray] = None,
+             hard_negatives: HardNegatives = None) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+    """Bidirectional InfoNCE; row i of `series_emb` and of `text_emb` form a positive pair.
+
+    Both (n, d) inputs are L2-normalised here (a no-op for already normalised inputs), and all
+    arithmetic is float32 whatever the input dtype. logits = cosine / temperature; temperature
+    may be a traced scalar (learnable).
+
+    valid: optional (n,) bool. Invalid rows are neither anchors nor negatives; losses and
+    accuracies average over valid anchors only (0 when there are none).
+    hard_negatives: None, "all" or 0 keep every in-batch negative; an int K keeps, per anchor
+    and per direction, only the K valid negatives of highest cosine similarity (the positive
+    always stays in the softmax). With fewer than K valid negatives, all of them are kept.
+    The selection itself is not differentiated through.
+
+    Returns (loss, metrics) with loss = 0.5 * (L_s->t + L_t->s) and metrics loss_s2t,
+    loss_t2s, acc_s2t, acc_t2s (positive strictly above every kept-or-not valid negative)
+    and n_valid.
+    """
+    if series_emb.ndim != 2 or series_emb.shape != text_emb.shape:
+        raise ValueError(f"expected two (n, d) arrays of equal shape, got {series_emb.shape} "
+                         f"and {text_emb.shape}")
+    n = series_emb.shape[0]
+    k = _parse_hard_negatives(hard_negatives)
+    s = _l2_normalise(series_emb.astype(jnp.float32))
+    t = _l2_normalise(text_emb.astype(jnp.float32))
+    if valid is None:
+        valid = jnp.ones((n,), bool)
+    else:
+        valid = jnp.asarray(valid).astype(bool).reshape(n)
+    sim = jnp.matmul(s, t.T, precision=jax.lax.Precision.HIGHEST)  # (n_series, n_text)
+    logits = sim / jnp.asarray(temperature, jnp.float32)
+
+    loss_s2t, correct_s2t = _direction(logits, sim, valid, k)
+    loss_t2s, correct_t2s = _direction(logits.T, sim.T, valid, k)
+
+    count = jnp.sum(valid.astype(jnp.float32))
+    denom = jnp.maximum(count, 1.0)
+
+    def mean_valid(x):
+        return jnp.sum(jnp.where(valid, x.astype(jnp.float32), 0.0)) / denom
+
+    l_s2t = mean_valid(loss_s2t)
+    l_t2s = mean_valid(loss_t2s)
+    loss = 0.5 * (l_s2t + l_t2s)
+    metrics = {
+        "loss_s2t": l_s2t,
+        "loss_t2s": l_t2s,
+        "acc_s2t": mean_valid(correct_s2t),
+        "acc_t2s": mean_valid(correct_t2s),
+        "n_valid": count,
+    }
+    return loss, metrics
+
+
+def sample_and_channel_loss(cls_emb: jnp.ndarray, text_emb: jnp.ndarray,
+                            cit_emb: jnp.ndarray, channel_text_emb: jnp.ndarray, *,
+                            has_text: jnp.ndarray, channel_valid: jnp.ndarray,
+                            temperature: Any, channel_weight: Any,
+                            hard_negatives: HardNegatives = None
+                            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+    """TRACE alignment loss
+    L = 0.5 (L_s->t + L_t->s) + channel_weight * 0.5 (L^ch_s->t + L^ch_t->s).
+
+    cls_emb, text_emb: (B, d) sample embeddings and sample-text embeddings.
+    cit_emb, channel_text_emb: (B, C, d) channel-identity-token embeddings and channel texts.
+    has_text: (B,) bool, the sample has a caption; channel_valid: (B, C) bool, the channel is
+    present and has its own text. The channel level flattens to B*C rows, so a channel's
+    negatives are the other channels of the same sample and every channel of the other samples;
+    its valid rows are channel_valid & has_text[:, None]. The same `hard_negatives` applies to
+    both levels.
+    """
+    b, c = channel_valid.shape
+    if cls_emb.shape[0] != b or cit_emb.shape[:2] != (b, c) or channel_text_emb.shape != cit_emb.shape:
+        raise ValueError(f"inconsistent shapes: cls {cls_emb.shape}, text {text_emb.shape}, "
+                         f"cit {cit_emb.shape}, channel text {channel_text_emb.shape}, "
+                         f"channel_valid {channel_valid.shape}")
+    has_text = jnp.asarray(has_text).astype(bool)
+    sample_loss, sm = info_nce(cls_emb, text_emb, temperature=temperature, valid=has_text,
+                               hard_negatives=hard_negatives)
+    ch_valid = (jnp.asarray(channel_valid).astype(bool) & has_text[:, None]).reshape(b * c)
+    d = cit_emb.shape[-1]
+    channel_loss, cm = info_nce(cit_emb.reshape(b * c, d), channel_text_emb.reshape(b * c, d),
+                                temperature=temperature, valid=ch_valid,
+                                hard_negatives=hard_negatives)
+    loss = sample_loss + jnp.asarray(channel_weight, jnp.float32) * channel_loss
+    metrics = {
+        "loss": loss,
+        "sample_loss": sample_loss,
+        "channel_loss": channel_loss,
+        "sample_acc_s2t": sm["acc_s2t"],
+        "sample_acc_t2s": sm["acc_t2s"],
+        "channel_acc_s2t": cm["acc_s2t"],
+        "channel_acc_t2s": cm["acc_t2s"],
+        "n_sample_pairs": sm["n_valid"],
+        "n_channel_pairs": cm["n_valid"],
+    }
+    return loss, metrics
+
+
+def masked_reconstruction_loss(pred: jnp.ndarray, target: jnp.ndarray,
+                               point_observed: jnp.ndarray, patch_masked: jnp.ndarray
+                               ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+    """Mean squared error over points that are observed and lie in a masked patch.
+
+    pred, target, point_observed: (B, C, N, P); patch_masked: (B, C, N). Other points do not
+    affect the loss or its gradient (even NaN targets there). 0 when no point is selected.
+    """
+    if pred.shape != target.shape or point_observed.shape != pred.shape:
+        raise ValueError(f"pred {pred.shape}, target {target.shape} and point_observed "
+                         f"{point_observed.shape} must match")
+    if patch_masked.shape != pred.shape[:-1]:
+        raise ValueError(f"patch_masked {patch_masked.shape} must be {pred.shape[:-1]}")
+    sel = jnp.asarray(point_observed).astype(bool) & jnp.asarray(patch_masked).astype(bool)[..., None]
+    pred = pred.astype(jnp.float32)
+    # Zero unselected entries before squaring so NaN/inf there cannot leak into gradients.
+    diff = jnp.where(sel, pred - jnp.where(sel, target.astype(jnp.float32), 0.0), 0.0)
+    count = jnp.sum(sel.astype(jnp.float32))
+    loss = jnp.sum(diff * diff) / jnp.maximum(count, 1.0)
+    return loss, {"recon_loss": loss, "n_masked_points": count}
+
+
+def random_patch_mask(rng: jax.Array, patch_valid: jnp.ndarray, ratio: Any) -> jnp.ndarray:
+    """(B, C, N) bool: per (sample, channel), round(ratio * n_valid) valid patches chosen
+    uniformly at random without replacement (at least one when ratio > 0 and any patch is
+    valid; at most all valid ones). Invalid patches are never masked. `round` is
+    half-to-even, like Python's. `ratio` may be traced.
+    """
+    patch_valid = jnp.asarray(patch_valid).astype(bool)
+    scores = jax.random.uniform(rng, patch_valid.shape)
+    scores = jnp.where(patch_valid, scores, 2.0)  # invalid patches rank after every valid one
+    rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)  # random permutation of valid ones
+    n_valid = jnp.sum(patch_valid, axis=-1, dtype=jnp.int32)
+    ratio = jnp.asarray(ratio, jnp.float32)
+    n_mask = jnp.round(ratio * n_valid.astype(jnp.float32)).astype(jnp.int32)
+    n_mask = jnp.where((ratio > 0) & (n_valid > 0), jnp.maximum(n_mask, 1), n_mask)
+    n_mask = jnp.clip(n_mask, 0, n_valid)
+    return patch_valid & (rank < n_mask[..., None])
