@@ -512,3 +512,28 @@ def test_builder_end_to_end(tmp_path, capsys):
   assert ex["observed"][0, :36].sum() >= 30  # 2016-12-31 06:00-24:00 local
   assert ex["series"][0, 35] == -7.0  # 2016-12-31 23:50, the 2016 file's last line
   assert ex["series"][0, 36] == -7.0  # 2017-01-01 00:20, the 2017 file's first line
+
+
+def test_download_mode_uses_upstream_urls(tmp_path):
+  urls = wc.upstream_urls([2014, 2019])
+  assert urls["csv_2014"] == ("https://raw.githubusercontent.com/VEWOXIC/Weather-Captioned/main/"
+                              "raw_data/weather_report/hourly_weather_raw_2014.csv")
+  assert urls["captions_v2"].endswith("/date2hash/wm_messages_v2.json")
+  assert urls["hashtable"].endswith("/hash2text/hashtable.json")
+
+  class FakeDownloadManager:
+    _manual_dir = tmp_path / "manual"  # TFDS's default manual dir, absent here
+
+    def download(self, url_dict):
+      self.asked = dict(url_dict)
+      return {k: tmp_path / k for k in url_dict}
+
+  cfg = wc.WeatherCaptionedConfig(name="t", train_years=(2014,), validation_years=(),
+                                  pretrain_years=(2019,))
+  builder = wc.WeatherCaptioned(data_dir=tmp_path / "data", config=cfg)
+  dl = FakeDownloadManager()
+  files = builder._source_files(dl)  # pylint: disable=protected-access
+  assert set(dl.asked) == {"csv_2014", "csv_2019", "captions_v1", "captions_v2",
+                           "captions_v3", "hashtable"}
+  assert files.csv_by_year == {2014: tmp_path / "csv_2014", 2019: tmp_path / "csv_2019"}
+  assert files.hashtable == tmp_path / "hashtable"

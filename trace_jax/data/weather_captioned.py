@@ -413,38 +413,83 @@ def _plausible(x: float | None, column: str, summary: BuildSummary, where: str) 
   return x
 
 
+def parse_row(cells: Mapping[str, str], summary: BuildSummary, where: str
+              ) -> tuple[list[float], int]:
+  """One CSV row's cells -> (values in CHANNELS order, NaN where skipped; condition).
+
+  Raises ValueError("column '<name>': ...") for a value that cannot be parsed.
+  """
+  column = ""
+  try:
+    column = "temp"
+    temp = parse_temperature(cells[column])
+    column = "wind_speed"
+    speed, calm = parse_wind_speed(cells[column])
+    column = "wind_dir"
+    deg, dstatus = parse_wind_direction(cells[column])
+    column = "barometer"
+    pressure = parse_pressure(cells[column])
+    column = "humidity"
+    humidity = parse_humidity(cells[column])
+    column = "weather_text"
+    cond = condition_of(cells[column])
+  except ValueError as e:
+    raise ValueError(f"column '{column}': {e}") from None
+  for name, x in [("temp", temp), ("wind_speed", speed), ("barometer", pressure),
+                  ("humidity", humidity)]:
+    if x is None:
+      summary.add(f"missing_cell:{name}", where)
+  if not cells["weather_text"].strip():
+    summary.add("weather_text_missing", where)
+  temp = _plausible(temp, "temp", summary, where)
+  speed = _plausible(speed, "wind_speed", summary, where)
+  pressure = _plausible(pressure, "barometer", summary, where)
+  humidity = _plausible(humidity, "humidity", summary, where)
+  if dstatus in ("missing", "sentinel", "compass_mismatch"):
+    summary.add({"missing": "missing_cell:wind_dir", "sentinel": "wind_dir_sentinel",
+                 "compass_mismatch": "wind_compass_mismatch"}[dstatus], where)
+  calm = calm or speed == 0.0
+  if calm:
+    summary.add("wind_calm", where)
+    deg = None  # no direction in calm air
+  elif dstatus == "variable" or (deg == 0.0 and speed is not None
+                                 and speed <= VARIABLE_WIND_MAX_KMH):
+    summary.add("wind_dir_variable", where)
+    deg = None
+  sin = cos = None
+  if deg is not None:
+    sin, cos = math.sin(math.radians(deg)), math.cos(math.radians(deg))
+  values = [math.nan if x is None else float(x)
+            for x in (temp, speed, sin, cos, pressure, humidity)]
+  return values, cond
+
+
 def read_weather_csv(path: str | os.PathLike, summary: BuildSummary | None = None) -> Readings:
   """Parses one hourly_weather_raw_YYYY.csv file (see the module docstring for the faults)."""
   summary = BuildSummary() if summary is None else summary
   path = pathlib.Path(path)
-  name = path.name
   times, values, conds, wheres = [], [], [], []
   seen: collections.Counter[str] = collections.Counter()
+  prev_stamp = ""
   with open(path, newline="", encoding="utf-8-sig") as f:
     rows = csv.reader(f)
     header = next(rows, None)
     if header is None or tuple(h.strip() for h in header) != CSV_HEADER:
       raise ValueError(f"{path}:1: header {header} is not the expected {list(CSV_HEADER)}")
-    prev_stamp = ""
     for row in rows:
-      line = rows.line_num
-      where = f"{name}:{line}"
+      line, where = rows.line_num, f"{path.name}:{rows.line_num}"
       if not row or (len(row) == 1 and not row[0].strip()):
         continue
       if len(row) != len(CSV_HEADER):
         raise ValueError(f"{path}:{line}: {len(row)} cells, expected {len(CSV_HEADER)} "
                          f"({','.join(CSV_HEADER)})")
       cells = dict(zip(CSV_HEADER, row))
-
-      def fail(column, err, _line=line, _cells=cells):
-        raise ValueError(f"{path}:{_line}: column '{column}': {err}") from None
-
       stamp = cells["time"].strip()
       seen[stamp] += 1
       try:
         utc, status = local_to_utc(stamp, fold=min(seen[stamp] - 1, 1))
       except ValueError as e:
-        fail("time", e)
+        raise ValueError(f"{path}:{line}: column 'time': {e}") from None
       if stamp < prev_stamp:
         summary.add("row_out_of_order", where)
       prev_stamp = max(prev_stamp, stamp)
@@ -458,65 +503,18 @@ def read_weather_csv(path: str | os.PathLike, summary: BuildSummary | None = Non
         summary.add("local_time_ambiguous", where)
       if stamp[-2:] not in ("20", "50"):
         summary.add("reading_off_grid", where)
-
-      v = [math.nan] * NUM_CHANNELS
       try:
-        column = "temp"
-        x = parse_temperature(cells[column])
-        if x is None:
-          summary.add("missing_cell:temp", where)
-        v[0] = _plausible(x, "temp", summary, where)
-        column = "wind_speed"
-        speed, calm = parse_wind_speed(cells[column])
-        if speed is None:
-          summary.add("missing_cell:wind_speed", where)
-        if calm:
-          summary.add("wind_calm", where)
-        speed = v[1] = _plausible(speed, "wind_speed", summary, where)
-        column = "wind_dir"
-        deg, dstatus = parse_wind_direction(cells[column])
-        if dstatus == "missing":
-          summary.add("missing_cell:wind_dir", where)
-        elif dstatus == "sentinel":
-          summary.add("wind_dir_sentinel", where)
-        elif dstatus == "variable":
-          summary.add("wind_dir_variable", where)
-        elif dstatus == "compass_mismatch":
-          summary.add("wind_compass_mismatch", where)
-        if deg is not None:
-          if calm or (speed is not None and speed == 0.0):
-            deg = None  # calm: no direction (already counted as wind_calm)
-          elif deg == 0.0 and speed is not None and speed <= VARIABLE_WIND_MAX_KMH:
-            summary.add("wind_dir_variable", where)
-            deg = None
-        if deg is not None:
-          rad = math.radians(deg)
-          v[2], v[3] = math.sin(rad), math.cos(rad)
-        column = "barometer"
-        x = parse_pressure(cells[column])
-        if x is None:
-          summary.add("missing_cell:barometer", where)
-        v[4] = _plausible(x, "barometer", summary, where)
-        column = "humidity"
-        x = parse_humidity(cells[column])
-        if x is None:
-          summary.add("missing_cell:humidity", where)
-        v[5] = _plausible(x, "humidity", summary, where)
-        column = "weather_text"
-        text = cells[column]
-        if not text.strip():
-          summary.add("weather_text_missing", where)
-        cond = condition_of(text)
+        v, cond = parse_row(cells, summary, where)
       except ValueError as e:
-        fail(column, e)
+        raise ValueError(f"{path}:{line}: {e}") from None
       times.append(utc)
-      values.append([math.nan if x is None else x for x in v])
+      values.append(v)
       conds.append(cond)
       wheres.append(where)
-  summary.add(f"rows:{name}", n=len(times))
-  r = Readings(np.asarray(times, np.int64), np.asarray(values, np.float32).reshape(-1, NUM_CHANNELS),
-               np.asarray(conds, np.int8), np.asarray(wheres, object))
-  return Readings.concat([r])
+  summary.add(f"rows:{path.name}", n=len(times))
+  return Readings.concat([Readings(
+      np.asarray(times, np.int64), np.asarray(values, np.float32).reshape(-1, NUM_CHANNELS),
+      np.asarray(conds, np.int8), np.asarray(wheres, object))])
 
 
 # ----------------------------------------------------------------------------- grid
@@ -947,9 +945,10 @@ class WeatherCaptioned(tfds.core.GeneratorBasedBuilder):
   def _source_files(self, dl_manager) -> SourceFiles:
     if self._manual_dir_given:
       return discover(self._manual_dir_given)
-    default_manual = pathlib.Path(os.fspath(dl_manager._manual_dir or ""))  # pylint: disable=protected-access
-    if default_manual and (default_manual / CSV_DIR).is_dir():
-      return discover(default_manual)
+    # TFDS's default manual dir (<download_dir>/manual) is used when it holds the layout.
+    default_manual = getattr(dl_manager, "_manual_dir", None)
+    if default_manual is not None and (pathlib.Path(os.fspath(default_manual)) / CSV_DIR).is_dir():
+      return discover(os.fspath(default_manual))
     cfg: WeatherCaptionedConfig = self.builder_config
     years = sorted({*cfg.train_years, *cfg.validation_years, *cfg.pretrain_years})
     paths = dl_manager.download(upstream_urls(years))
