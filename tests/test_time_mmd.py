@@ -180,6 +180,13 @@ def test_hand_verified_health_us_duplicate_date_keeps_last(real):
   assert not s.observed[c, i]
   k = s.index_of("2020-12-21")
   assert s.observed[c, k] and s.values[c, k] == 6627
+  # Line 36: 1998-05-18 (week 21) is all zeros, 0 providers and 0 patients: masked, not 0%;
+  # line 35 (1998-05-11): OT 0.605216. 95 such off-season rows in 1998-2002.
+  p = s.index_of("1998-05-18")
+  assert not s.observed[:, p].any() and s.values[0, p - 1] == pytest.approx(0.605216)
+  _, log = real
+  assert log.masked[("Health_US", "all-zero placeholder row (0 providers, 0 patients), all "
+                     "channels masked")] == 95
   # Lines 171/172 jump 2000-12-18 -> 2001-01-01: the missing week is an unobserved step.
   g = s.index_of("2000-12-25")
   assert not s.observed[:, g].any() and s.values[0, g + 1] == pytest.approx(3.2288)
@@ -244,6 +251,9 @@ def test_fact_filters_on_real_rows(real):
        "LLM refusal / no information"),
       ("There is no mention of influenza in the report.", "LLM refusal / no information"),
       ("Not applicable, as there is no mention of influenza in the report.", "NA fact"),
+      ("None mentioned in the report.", "NA fact"),  # SocialGood
+      ("None of the ten regions reported ILI above baseline.", None),
+      ("NASA reported a dry month.", None),
   ]:
     assert tm.fact_problem(tm.clean_fact(text)) == want, text
   usable = [f.text for f in data["Energy"][1]] + [f.text for f in data["Health_AFR"][1]]
@@ -413,7 +423,8 @@ def test_forecast_scaler_fitted_on_train_only(real):
   with open(tm.numeric_path(ROOT, "Health_US"), newline="", encoding="utf-8") as f:
     for r in csv.DictReader(f):
       if r["start_date"] < "2016-05-16":
-        ot[r["start_date"]] = float(r["OT"])
+        ot[r["start_date"]] = float(r["OT"]) if r["TOTAL PATIENTS"] != "0" else None
+  ot = {k: v for k, v in ot.items() if v is not None}  # the 95 all-zero off-season rows
   vals = np.array(list(ot.values()))
   assert meta["split_start_dates"]["validation"] == "2016-05-16"
   assert meta["scaler"]["mean"] == pytest.approx(vals.mean())
@@ -432,6 +443,21 @@ def test_forecast_scaler_fitted_on_train_only(real):
   # Stride 1: consecutive windows start one week apart.
   starts = [x["forecast_start_time"] for x in out["test"]]
   assert set(np.diff(starts)) == {7 * 86400}
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="unknown or no domains"):
+    tm.TimeMmdConfig(name="x", domains=("Weather",))
+  with pytest.raises(ValueError, match="exactly one domain"):
+    tm.TimeMmdConfig(name="x", kind="forecast", domains=("Energy", "Climate"))
+  with pytest.raises(ValueError, match="window_steps"):
+    tm.TimeMmdConfig(name="x", domains=("Energy",), window_steps=(("daily", 10),))
+  with pytest.raises(ValueError, match="lookback and horizon"):
+    tm.forecast_config("Energy", 0, 12)
+  cfg = tm.TimeMmdConfig(name="x", window_steps=(("daily", 30), ("weekly", 52),
+                                                 ("monthly", 12)))
+  assert cfg.series_length == 52
+  assert tm.TimeMmd.DEFAULT_BUILDER_CONFIG_NAME == tm.TimeMmd.BUILDER_CONFIGS[0].name
 
 
 def test_forecast_masks_and_config_names(real):

@@ -30,6 +30,8 @@ Cleaning rules (each fault below is in the real upstream files):
 * Missing values: empty, `X` (Health_US), `NA`, `N/A`, `nan`, and non-finite numbers (`inf` in
   Health_AFR OT) are masked (observed=False, value 0.0), never dropped; counts per domain are
   in the build log. Any other unparseable cell raises ValueError naming file, line and column.
+* Health_US weeks 21-39 of 1998-2002 (95 rows) are all zeros (0 providers, 0 patients, OT 0.0):
+  CDC did not collect off-season then, so those rows are masked in every channel, not zeros.
 * Leading and trailing rows with no observed value in any channel are trimmed and counted
   (SocialGood's 8 future months with empty OT; Health_AFR's 3 empty first weeks).
 * Non-numeric and bookkeeping columns are not channels (see `EXCLUDED_COLUMNS`): date columns,
@@ -385,6 +387,9 @@ def _dedupe_header(header: list[str]) -> list[str]:
   return out
 
 
+_PLACEHOLDER = "zero placeholder"
+
+
 def read_numeric(path, domain: str, log: BuildLog | None = None) -> DomainSeries:
   """Reads `numerical/<D>/<D>.csv` onto the domain's regular grid (see module docstring)."""
   if domain not in CHANNELS:
@@ -468,6 +473,15 @@ def read_numeric(path, domain: str, log: BuildLog | None = None) -> DomainSeries
   observed[:, pos] = finite
   why = np.full((len(columns), num_steps), "", dtype=object)  # why a cell is masked
   why[:, pos] = np.array([[r or "" for r in m] for m in mask_reasons], dtype=object).T
+  if domain == "Health_US":
+    # Off-season weeks 21-39 of 1998-2002 are all-zero rows (0 providers, 0 patients, OT 0.0):
+    # nothing was reported, so every channel is masked rather than read as a real 0%.
+    pi = columns.index("NUM. OF PROVIDERS")
+    ti = columns.index("TOTAL PATIENTS")
+    empty = observed[pi] & observed[ti] & (values[pi] == 0) & (values[ti] == 0)
+    why[:, empty] = np.where(observed[:, empty], _PLACEHOLDER, why[:, empty])
+    observed[:, empty] = False
+    values[:, empty] = 0.0
 
   # Trim leading / trailing steps without any observation (e.g. SocialGood's future months).
   any_obs = observed.any(axis=0)
@@ -482,7 +496,10 @@ def read_numeric(path, domain: str, log: BuildLog | None = None) -> DomainSeries
   sl = slice(first, last + 1)
   for j, c in enumerate(columns):  # masked cells inside the kept span
     for r, n in sorted(collections.Counter(w for w in why[j, sl] if w).items()):
-      log.mask(domain, f"{r} cell in {c}", n)
+      if r != _PLACEHOLDER:
+        log.mask(domain, f"{r} cell in {c}", n)
+  log.mask(domain, "all-zero placeholder row (0 providers, 0 patients), all channels masked",
+           int((why[:, sl] == _PLACEHOLDER).any(axis=0).sum()))
   return DomainSeries(
       domain=domain, frequency=frequency, columns=tuple(columns), dates=grid[sl],
       values=values[:, sl], observed=observed[:, sl], num_rows=int(row_at[sl].sum()))
@@ -493,7 +510,8 @@ def read_numeric(path, domain: str, log: BuildLog | None = None) -> DomainSeries
 
 _HEADER = re.compile(r"^[\s:*#>\-]*objective\s+facts?\b[^\n:]*:?", re.I)
 _BULLET = re.compile(r"^\s*(?:[*\-\u2022]|\d+\.)\s+", re.M)
-_NA = re.compile(r"^\W*(?:NA|N/A|None|null|nan|not\s+applicable)\b", re.I)
+_NA = re.compile(r"^\W*(?:(?:NA|N/A|null|nan)\b|(?:none|not\s+applicable)"
+                 r"(?:\s*[.,;:(]|\s*$|\s+mentioned\b))", re.I)
 _QUAL = r"(?:any|direct|specific|explicit|objective|relevant|useful|further|detailed)"
 _REFUSAL = re.compile("|".join([
     # "The report / article / excerpt does not provide (specific) data ..."
@@ -840,6 +858,26 @@ class TimeMmdConfig(_config_base()):
   context_gap_days: int | None = None  # None: DEFAULT_CONTEXT_GAP_DAYS[domain]
   context_within_history: bool = True
 
+  def __post_init__(self):
+    if self.kind not in ("retrieval", "forecast"):
+      raise ValueError(f"{self.name}: kind must be 'retrieval' or 'forecast', got {self.kind!r}")
+    unknown = [d for d in self.domains if d not in DOMAINS]
+    if unknown or not self.domains:
+      raise ValueError(f"{self.name}: unknown or no domains {unknown}; expected some of "
+                       f"{DOMAINS}")
+    steps = self.window_steps_dict
+    need = {FREQUENCY[d] for d in self.domains}
+    if not need <= set(steps) or any(int(v) < 1 for v in steps.values()):
+      raise ValueError(f"{self.name}: window_steps {steps} must give a positive length for "
+                       f"each of {sorted(need)}")
+    if self.kind == "forecast":
+      if len(self.domains) != 1:
+        raise ValueError(f"{self.name}: a forecasting config has exactly one domain")
+      if self.lookback < 1 or self.horizon < 1 or self.context_facts < 1:
+        raise ValueError(f"{self.name}: lookback, horizon and context_facts must be >= 1")
+    if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9:
+      raise ValueError(f"{self.name}: split_fractions must be 3 numbers summing to 1")
+
   @property
   def window_steps_dict(self) -> dict[str, int]:
     return dict(self.window_steps)
@@ -892,7 +930,7 @@ if tfds is not None:
             "report, the fact as text, the domain as label. Chronological 70/10/20 per domain."
         )),
     ] + [forecast_config(d, 96, h) for d, h in PAPER_FORECAST]
-    DEFAULT_CONFIG_NAME = "retrieval"
+    DEFAULT_BUILDER_CONFIG_NAME = "retrieval"
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -953,7 +991,8 @@ if tfds is not None:
             "forecast_start_time": f.Scalar(dtype=np.int64),
             "end_time": f.Scalar(dtype=np.int64),
             "context_text": f.Tensor(shape=(k,), dtype=np.str_),
-            "context_embedding": f.Tensor(shape=(k, EMBED_DIM), dtype=np.float32),
+            "context_embedding": f.Tensor(shape=(k, EMBED_DIM), dtype=np.float32,
+                                          encoding=f.Encoding.ZLIB),  # mostly zeros
             "context_valid": f.Tensor(shape=(k,), dtype=np.bool_),
             "num_context": f.Scalar(dtype=np.int32),
             "has_context": f.Scalar(dtype=np.bool_),
