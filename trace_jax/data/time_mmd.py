@@ -61,13 +61,17 @@ daily 96 steps (~3 months), weekly 48 (~11 months), monthly 24 (2 years). All ex
 `series` shape (MAX_CHANNELS, max window_steps): a shorter window is right-aligned and the
 leading steps are unobserved padding (`num_steps` gives the real length). Channels are the
 domain's numeric columns, OT first, then in file order, padded to MAX_CHANNELS=11 with
-observed=False. `channel_ids` index `CHANNEL_VOCAB` (documented below; ids 0..37 are
-(domain, column) pairs, 38 = PAD_CHANNEL_ID for padding channels). Label = index in DOMAINS.
+observed=False. `channel_ids` index `CHANNEL_VOCAB`, one id per (domain, column), so a column
+of a domain always has the same CIT id: Agriculture 0-2, Climate 3-8 (OT, D0-D4), Economy 9-11,
+Energy 12-20, Environment 21-22, Health_AFR 23, Health_US 24-34, Security 35, SocialGood 36,
+Traffic 37 (each OT first, then `CHANNELS` order); padding channels get PAD_CHANNEL_ID = 38;
+NUM_CHANNEL_IDS = 39. No channel texts (channel_text_valid False). Label = index in DOMAINS.
 Splits: chronological 70/10/20 per domain by report end_date; reports sharing an end_date stay
 in one split.
 
 Forecasting examples (configs `forecast_<Domain>_L<lookback>_H<horizon>`, any domain/lookback/
-horizon by name, see `forecast_config`): univariate, target OT only (other channels are not
+horizon by name, see `forecast_config`; predefined: the paper's Health_US and Energy H=12/48,
+Environment H=48/336, all with lookback 96): univariate, target OT only (other channels are not
 inputs: the paper's Time-MMD task is univariate OT). The time axis (the cleaned grid) is split
 70/10/20 (train = int(0.7 T), test = int(0.2 T), validation = the rest). The scaler (mean and
 population std of observed OT) is fitted on the training part only; it is stored in every
@@ -94,6 +98,8 @@ from typing import Callable, Iterable, Sequence
 
 from absl import logging
 import numpy as np
+
+from trace_jax.data.text_cache import TextEmbeddingCache
 
 DOMAINS = [
     "Agriculture", "Climate", "Economy", "Energy", "Environment",
@@ -583,7 +589,7 @@ def read_reports(path, domain: str, log: BuildLog | None = None) -> list[Fact]:
                      f"start_date, end_date, fact, preds); found {header}")
   si, ei, fi = header.index("start_date"), header.index("end_date"), header.index("fact")
   ii = 0 if header[0] == "" else None
-  facts, seen = [], set()
+  facts, seen, used_ids = [], set(), set()
   for line, row in records:
     start = _parse_date(row[si], path, line, "start_date")
     end = _parse_date(row[ei], path, line, "end_date")
@@ -606,6 +612,9 @@ def read_reports(path, domain: str, log: BuildLog | None = None) -> list[Fact]:
       continue
     seen.add(key)
     row_id = row[ii].strip() if ii is not None and row[ii].strip() else f"line{line}"
+    if row_id in used_ids:  # ids must stay unique (example ids); upstream's always are
+      row_id = f"line{line}"
+    used_ids.add(row_id)
     facts.append(Fact(domain, row_id, line, start, end, text))
   facts.sort(key=lambda f: (f.end_date, f.start_date, f.line))
   return facts
@@ -1037,7 +1046,6 @@ if tfds is not None:
                   pathlib.Path(os.fspath(files[f"{d}/report"]))) for d in domains}
 
     def _cache(self):
-      from trace_jax.data.text_cache import TextEmbeddingCache  # pylint: disable=g-import-not-at-top
       if self._encoder_factory is not None:
         return TextEmbeddingCache(self._text_cache_dir, encoder_factory=self._encoder_factory)
       return TextEmbeddingCache(self._text_cache_dir)
