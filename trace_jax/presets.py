@@ -51,6 +51,7 @@ def base_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
   c.data.num_synthetic_train = pick(20000, 4000, 64)
   c.data.num_synthetic_validation = pick(1000, 500, 32)
   c.data.worker_count = 0
+  c.data.text_cache_dir = ""  # '' = ~/.cache/trace_jax (or $TRACE_JAX_CACHE)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = pick(256, 64, 16)

@@ -10,30 +10,21 @@ Prints the number of examples per split when done.
 """
 from __future__ import annotations
 
-import importlib
-
 from absl import app
 from absl import flags
 
-BUILDERS = {
-    "weather_captioned": "trace_jax.data.weather_captioned:WeatherCaptioned",
-    "time_mmd": "trace_jax.data.time_mmd:TimeMmd",
-}
+from trace_jax.data.registry import BUILDERS, builder_class
 
 _DATASET = flags.DEFINE_enum("dataset", None, list(BUILDERS), "Which data set to build.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data_dir", "Where the built data set goes.")
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Local copy in the upstream layout; omit to download."
 )
-_CONFIG = flags.DEFINE_string("config", None, "Builder config name (default: the first).")
+_CONFIG = flags.DEFINE_string("builder_config", None,
+                              "Builder config name (default: the first).")
 _TEXT_CACHE = flags.DEFINE_string(
     "text_cache_dir", None, "Text-embedding cache (default ~/.cache/trace_jax)."
 )
-
-
-def builder_class(name: str):
-  module, cls = BUILDERS[name].split(":")
-  return getattr(importlib.import_module(module), cls)
 
 
 def build(dataset: str, data_dir: str, manual_dir: str | None = None,

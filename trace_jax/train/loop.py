@@ -1,0 +1,186 @@
+"""The one training loop every stage shares.
+
+Phases: data -> mesh and state shardings -> restore or initialise -> jitted step -> loop with
+logging, evaluation, checkpoints and preemption. The stage-specific parts come from a task
+object (trace_jax/train/align.py, pretrain.py): init_params, loss, eval_outputs, eval_metrics.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from trace_jax.data import pipeline
+from trace_jax.data.sources import load_sources
+from trace_jax.train import sharding as shard_lib
+from trace_jax.train.checkpoint import Checkpointer, restore_params
+from trace_jax.train.metrics_writer import MetricsWriter
+from trace_jax.train.state import (init_state, learning_rate_schedule, make_optimizer,
+                                   make_train_step)
+
+
+class PreemptionFlag:
+  """Set by SIGTERM: the loop saves a checkpoint at the next step boundary and returns."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class Progress:
+  """A tqdm bar (rate, ETA) on a terminal; plain periodic lines otherwise."""
+
+  def __init__(self, total: int, initial: int):
+    self.total, self.start_step, self.start = total, initial, time.time()
+    self.bar = None
+    if sys.stderr.isatty() and jax.process_index() == 0:
+      import tqdm  # pylint: disable=g-import-not-at-top
+
+      self.bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+  def update(self, step: int, summary: dict | None = None) -> None:
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+      if summary:
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items()
+                              if k in ("loss", "masked_mse")})
+    elif summary is not None and jax.process_index() == 0:
+      rate = (step - self.start_step) / max(time.time() - self.start, 1e-9)
+      eta = (self.total - step) / max(rate, 1e-9)
+      print(f"step {step}/{self.total} {rate:.2f} steps/s eta {eta:.0f}s "
+            + " ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())), flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+  host = jax.device_get(pending)  # the only host sync: once per log interval
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def evaluate(task, params, source, eval_fn, batch_sharding, batch_size: int) -> dict:
+  """Runs eval_outputs over a whole split (padding rows dropped), then eval_metrics."""
+  collected: dict[str, list[np.ndarray]] = {}
+  for batch in pipeline.make_eval_batches(source, batch_size, sharding=batch_sharding,
+                                          require_text=task.requires_text):
+    out = jax.device_get(eval_fn(params, batch))
+    valid = out.pop("valid")
+    for k, v in out.items():
+      collected.setdefault(k, []).append(v[valid])
+  return task.eval_metrics({k: np.concatenate(v) for k, v in collected.items()})
+
+
+def example_batch(source, require_text: bool) -> dict[str, np.ndarray]:
+  """One host batch of one example: shapes and dtypes for initialisation."""
+  it = pipeline.make_eval_batches(source, 1, shard_index=0, shard_count=1,
+                                  require_text=require_text)
+  batch = next(iter(it))
+  batch.pop("valid")
+  return batch
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, float]:
+  """Trains `task` as configured; resumes from the latest checkpoint in `workdir`."""
+  workdir = pathlib.Path(workdir)
+  train_cfg = config.train
+
+  # Data.
+  train_source, validation_source = load_sources(config.data)
+  mesh = shard_lib.make_mesh(config.mesh)
+  batch_sharding = shard_lib.batch_sharding(mesh)
+  replicated = shard_lib.replicated(mesh)
+  shard_lib.local_batch_size(train_cfg.batch_size, mesh)  # checks divisibility early
+  train_iter = pipeline.make_train_iterator(
+      train_source, global_batch_size=train_cfg.batch_size, seed=config.seed,
+      sharding=batch_sharding, require_text=task.requires_text,
+      worker_count=config.data.worker_count)
+  example = example_batch(train_source, task.requires_text)
+
+  # State layout.
+  optimizer = make_optimizer(train_cfg)
+  schedule = learning_rate_schedule(train_cfg)
+  make_state = functools.partial(init_state, task, optimizer, config.seed)
+  abstract = jax.eval_shape(make_state, example)
+  state_sharding = shard_lib.state_shardings(mesh, abstract)
+  checkpointer = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints,
+                              every=train_cfg.checkpoint_every)
+  writer = MetricsWriter(workdir)
+
+  with jax.set_mesh(mesh):
+    # Restore or initialise.
+    if checkpointer.latest_step() is not None:
+      state = checkpointer.restore(_with_sharding(abstract, state_sharding), train_iter)
+      logging.info("resumed from step %d", int(state["step"]))
+    else:
+      state = jax.jit(make_state, out_shardings=state_sharding)(example)
+      init_from = config.get("align", {}).get("init_from", "")
+      if init_from:
+        state["params"]["model"]["encoder"] = restore_params(
+            init_from, {"model": {"encoder": _with_sharding(
+                abstract["params"]["model"]["encoder"],
+                state_sharding["params"]["model"]["encoder"])}})["model"]["encoder"]
+        logging.info("encoder initialised from %s", init_from)
+
+    step_fn = jax.jit(make_train_step(task, optimizer, schedule),
+                      in_shardings=(state_sharding, batch_sharding),
+                      out_shardings=(state_sharding, replicated), donate_argnums=0)
+    eval_fn = jax.jit(lambda params, batch: {**task.eval_outputs(params, batch),
+                                             "valid": batch["valid"]},
+                      in_shardings=(state_sharding["params"], batch_sharding),
+                      out_shardings=replicated)
+    run_eval = lambda: evaluate(task, state["params"], validation_source, eval_fn,
+                                batch_sharding, train_cfg.batch_size)
+
+    config_dict = config.to_dict()
+    start = int(state["step"])
+    preemption = PreemptionFlag()
+    progress = Progress(train_cfg.steps, start)
+    pending, eval_metrics = [], {}
+    try:
+      for step in range(start + 1, train_cfg.steps + 1):
+        state, metrics = step_fn(state, next(train_iter))
+        pending.append(metrics)
+        summary = None
+        if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+          summary = _mean_metrics(pending)
+          pending = []
+          writer.write(step, summary, "train")
+        progress.update(step, summary)
+        if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+          eval_metrics = run_eval()
+          writer.write(step, eval_metrics, "validation")
+        checkpointer.save(step, state, train_iter, config_dict,
+                          force=step == train_cfg.steps or preemption.requested)
+        if preemption.requested:
+          logging.warning("stopped at step %d after SIGTERM; rerun the command to resume", step)
+          break
+      if not eval_metrics:  # nothing ran (already finished): still report
+        eval_metrics = run_eval()
+    finally:
+      checkpointer.wait()
+      checkpointer.close()
+      progress.close()
+      writer.close()
+      preemption.restore()
+  return eval_metrics
+
+
+def _with_sharding(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
