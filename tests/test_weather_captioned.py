@@ -311,7 +311,8 @@ def test_six_sentence_caption_keyword_roles(real):
 # ----------------------------------------------------------------------------- faults
 
 HEADER = ",".join(wc.CSV_HEADER) + "\n"
-GOOD = "201601010020,0°C,Wind blowing from 190° South to North,7 km/h,Passing clouds.,1025 mbar,93%\n"
+GOOD = ("201601010020,0°C,Wind blowing from 190° South to North,7 km/h,Passing clouds.,"
+        "1025 mbar,93%\n")
 
 
 def write(path, text):
@@ -477,7 +478,7 @@ def test_builder_end_to_end(tmp_path, capsys):
   assert counts["window_empty_skipped:pretrain"] == 365 * 4 - 7
   # Each distinct text was embedded exactly once.
   embedded = [t for call in FakeEncoder.calls for t in call]
-  assert len(embedded) == len(set(embedded)) == builder.build_summary["unique_texts_embedded"]
+  assert len(embedded) == len(set(embedded)) == builder.build_summary["unique_texts"]
 
   src = wc.parse_source(wc.discover(manual))
   for split in ["validation", "pretrain"]:
