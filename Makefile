@@ -25,7 +25,7 @@ test: setup
 	$(PY) -m pytest -n 2 -q
 
 run: setup
-	$(PY) -m trace_jax.main --config=configs/align.py --workdir=$(or $(WORKDIR),runs/align)
+	$(PY) -m trace_jax.main --config=configs/align.py:$(or $(VARIANT),cpu) --workdir=$(or $(WORKDIR),runs/align)
 
 bench: setup
 	$(PY) benchmarks/attention_scaling.py
