@@ -517,7 +517,7 @@ def test_builder_end_to_end(tmp_path):
   enc = FakeEncoder()
   cfg = tm.TimeMmdConfig(name="retrieval_small", domains=("Energy", "Health_AFR", "Security"))
   b = tm.TimeMmd(data_dir=str(data_dir), config=cfg, text_cache_dir=str(tmp_path / "cache"),
-                 encoder_factory=lambda: enc)
+                 text_encoder_factory=lambda: enc)
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
   assert "Security" in b.build_log.summary()
 
@@ -558,7 +558,7 @@ def test_builder_end_to_end(tmp_path):
 
   # A forecasting config by name (not predefined), read back through tfds.data_source.
   b = tm.TimeMmd(data_dir=str(data_dir), config="forecast_Energy_L24_H4",
-                 text_cache_dir=str(tmp_path / "cache"), encoder_factory=lambda: enc)
+                 text_cache_dir=str(tmp_path / "cache"), text_encoder_factory=lambda: enc)
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
   fds = tfds.data_source("time_mmd/forecast_Energy_L24_H4", data_dir=str(data_dir))
   s, f = tm.load_domain(manual, "Energy")
@@ -579,7 +579,7 @@ def test_builder_missing_manual_files_is_a_clear_error(tmp_path):
   import tensorflow_datasets as tfds
   (tmp_path / "manual" / "numerical").mkdir(parents=True)
   b = tm.TimeMmd(data_dir=str(tmp_path / "data"), config="forecast_Energy_L24_H4",
-                 text_cache_dir=str(tmp_path / "cache"), encoder_factory=FakeEncoder)
+                 text_cache_dir=str(tmp_path / "cache"), text_encoder_factory=FakeEncoder)
   with pytest.raises(FileNotFoundError, match=r"textual/Energy/Energy_report\.csv"):
     b.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual")))

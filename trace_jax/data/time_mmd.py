@@ -842,7 +842,6 @@ def embed_texts(cache, texts: Iterable[str]) -> dict[str, np.ndarray]:
 # TFDS builder.
 
 try:  # The loading layer above works without tensorflow_datasets.
-  from etils import epath
   import tensorflow_datasets as tfds
 except ImportError:  # pragma: no cover
   tfds = None
@@ -941,15 +940,8 @@ if tfds is not None:
     ] + [forecast_config(d, 96, h) for d, h in PAPER_FORECAST]
     DEFAULT_BUILDER_CONFIG_NAME = "retrieval"
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-      # tfds resolves this through `importlib_resources` (a backport this stack does not ship)
-      # when the builder lives in a package; the module file is the same answer.
-      return epath.Path(__file__)
-
     def __init__(self, *, data_dir=None, config=None, text_cache_dir: str | None = None,
-                 encoder_factory: Callable | None = None, **kwargs):
+                 text_encoder_factory: Callable | None = None, **kwargs):
       if isinstance(config, str) and config.split(":")[0] not in {
           c.name for c in self.BUILDER_CONFIGS}:
         parsed = config_from_name(config.split(":")[0])
@@ -958,7 +950,7 @@ if tfds is not None:
       kwargs.setdefault("file_format", "array_record")
       super().__init__(data_dir=data_dir, config=config, **kwargs)
       self._text_cache_dir = text_cache_dir
-      self._encoder_factory = encoder_factory
+      self._encoder_factory = text_encoder_factory
       self.build_log: BuildLog | None = None
 
     # -- features ------------------------------------------------------------------------

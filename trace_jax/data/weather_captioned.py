@@ -115,7 +115,6 @@ import collections
 import csv
 import dataclasses
 import datetime
-import inspect
 import json
 import math
 import os
@@ -124,10 +123,8 @@ import re
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import utils as tfds_utils
 
 from trace_jax.data import text_cache
 
@@ -888,13 +885,6 @@ class WeatherCaptioned(tfds.core.GeneratorBasedBuilder):
     {HASHTABLE_FILE}
   Without --manual_dir the files are downloaded from {UPSTREAM_BASE_URL}.
   """
-
-  @tfds_utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # The base class probes `importlib_resources` (an optional backport that is not installed
-    # here) before falling back to the source file; go to the source file directly.
-    return epath.Path(inspect.getfile(cls))
 
   def __init__(self, *, text_cache_dir: str | os.PathLike | None = None,
                text_encoder_factory: Callable[[], text_cache.Encoder] | None = None, **kwargs):
