@@ -145,10 +145,10 @@ def test_resume_from_state_dict(source):
 def test_resume_through_orbax_and_grain_handler(source, tmp_path):
     it = train_it(source, seed=6)
     take(it, 4)
-    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:  # async by default
         mngr.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        expected = take(it, 8)  # training goes on while the checkpoint is written
         mngr.wait_until_finished()
-    expected = take(it, 8)
     fresh = train_it(source, seed=6)
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
         assert mngr.latest_step() == 4

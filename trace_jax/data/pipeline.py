@@ -218,6 +218,7 @@ class BatchIterator(grain.DatasetIterator):
                  worker_count: int = 0, num_threads: int = 1, prefetch: int = 2,
                  drop_remainder: bool = True, require_text: bool = False):
         super().__init__()
+        self._it = None  # the Grain iterator, built lazily (close() may run from __del__)
         if reader.steps_per_epoch == 0:
             raise ValueError(f"{len(reader.positions)} examples make no batch of "
                              f"{reader.global_batch_size} (drop_remainder=True)")
@@ -234,7 +235,6 @@ class BatchIterator(grain.DatasetIterator):
             "paraphrase": reader.paraphrase,
         }
         self._step = 0
-        self._it = None
         if sharding is not None:
             import jax  # pylint: disable=g-import-not-at-top
 
