@@ -6,12 +6,14 @@ object (trace_jax/train/align.py, pretrain.py): init_params, loss, eval_outputs,
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import pathlib
 import signal
 import sys
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -95,57 +97,79 @@ def example_batch(source, require_text: bool) -> dict[str, np.ndarray]:
   return batch
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """The jitted, sharded functions of one task on one mesh."""
+
+  mesh: jax.sharding.Mesh
+  batch_sharding: jax.sharding.NamedSharding
+  abstract_state: dict  # ShapeDtypeStructs carrying the state's shardings
+  init: Callable  # example batch -> state
+  step: Callable  # (state, batch) -> (state, metrics); donates state
+  eval_outputs: Callable  # (params, batch) -> replicated per-example outputs and "valid"
+
+
+def build_trainer(config, task, mesh, example) -> Trainer:
+  optimizer = make_optimizer(config.train)
+  make_state = functools.partial(init_state, task, optimizer, config.seed)
+  abstract = jax.eval_shape(make_state, example)
+  state_sharding = shard_lib.state_shardings(mesh, abstract)
+  batch_sharding = shard_lib.batch_sharding(mesh)
+  replicated = shard_lib.replicated(mesh)
+  return Trainer(
+      mesh=mesh,
+      batch_sharding=batch_sharding,
+      abstract_state=_with_sharding(abstract, state_sharding),
+      init=jax.jit(make_state, out_shardings=state_sharding),
+      step=jax.jit(make_train_step(task, optimizer, learning_rate_schedule(config.train)),
+                   in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0),
+      eval_outputs=jax.jit(
+          lambda params, batch: {**task.eval_outputs(params, batch), "valid": batch["valid"]},
+          in_shardings=(state_sharding["params"], batch_sharding), out_shardings=replicated),
+  )
+
+
+def _initial_state(config, trainer: Trainer, example, checkpointer, train_iter):
+  """The latest checkpoint's state (and data position), else a fresh one."""
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(trainer.abstract_state, train_iter)
+    logging.info("resumed from step %d", int(state["step"]))
+    return state
+  state = trainer.init(example)
+  init_from = config.get("align", {}).get("init_from", "")
+  if init_from:
+    encoder = {"model": {"encoder": trainer.abstract_state["params"]["model"]["encoder"]}}
+    state["params"]["model"]["encoder"] = restore_params(
+        init_from, encoder)["model"]["encoder"]
+    logging.info("encoder initialised from %s", init_from)
+  return state
+
+
 def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, float]:
   """Trains `task` as configured; resumes from the latest checkpoint in `workdir`."""
   workdir = pathlib.Path(workdir)
   train_cfg = config.train
 
-  # Data.
+  # Data and mesh.
   train_source, validation_source = load_sources(config.data)
   mesh = shard_lib.make_mesh(config.mesh)
-  batch_sharding = shard_lib.batch_sharding(mesh)
-  replicated = shard_lib.replicated(mesh)
   shard_lib.local_batch_size(train_cfg.batch_size, mesh)  # checks divisibility early
+  example = example_batch(train_source, task.requires_text)
+  trainer = build_trainer(config, task, mesh, example)
   train_iter = pipeline.make_train_iterator(
       train_source, global_batch_size=train_cfg.batch_size, seed=config.seed,
-      sharding=batch_sharding, require_text=task.requires_text,
+      sharding=trainer.batch_sharding, require_text=task.requires_text,
       worker_count=config.data.worker_count)
-  example = example_batch(train_source, task.requires_text)
-
-  # State layout.
-  optimizer = make_optimizer(train_cfg)
-  schedule = learning_rate_schedule(train_cfg)
-  make_state = functools.partial(init_state, task, optimizer, config.seed)
-  abstract = jax.eval_shape(make_state, example)
-  state_sharding = shard_lib.state_shardings(mesh, abstract)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints,
                               every=train_cfg.checkpoint_every)
   writer = MetricsWriter(workdir)
 
   with jax.set_mesh(mesh):
-    # Restore or initialise.
-    if checkpointer.latest_step() is not None:
-      state = checkpointer.restore(_with_sharding(abstract, state_sharding), train_iter)
-      logging.info("resumed from step %d", int(state["step"]))
-    else:
-      state = jax.jit(make_state, out_shardings=state_sharding)(example)
-      init_from = config.get("align", {}).get("init_from", "")
-      if init_from:
-        state["params"]["model"]["encoder"] = restore_params(
-            init_from, {"model": {"encoder": _with_sharding(
-                abstract["params"]["model"]["encoder"],
-                state_sharding["params"]["model"]["encoder"])}})["model"]["encoder"]
-        logging.info("encoder initialised from %s", init_from)
-
-    step_fn = jax.jit(make_train_step(task, optimizer, schedule),
-                      in_shardings=(state_sharding, batch_sharding),
-                      out_shardings=(state_sharding, replicated), donate_argnums=0)
-    eval_fn = jax.jit(lambda params, batch: {**task.eval_outputs(params, batch),
-                                             "valid": batch["valid"]},
-                      in_shardings=(state_sharding["params"], batch_sharding),
-                      out_shardings=replicated)
-    run_eval = lambda: evaluate(task, state["params"], validation_source, eval_fn,
-                                batch_sharding, train_cfg.batch_size)
+    state = _initial_state(config, trainer, example, checkpointer, train_iter)
+    step_fn = trainer.step
+    run_eval = lambda: evaluate(task, state["params"], validation_source, trainer.eval_outputs,
+                                trainer.batch_sharding, train_cfg.batch_size)
 
     config_dict = config.to_dict()
     start = int(state["step"])
