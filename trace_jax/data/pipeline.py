@@ -98,7 +98,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def paraphrase_choice(seed: int, epoch: int, index: np.ndarray, num_texts: np.ndarray) -> np.ndarray:
+def paraphrase_choice(seed: int, epoch: int, index: np.ndarray,
+                      num_texts: np.ndarray) -> np.ndarray:
     """Which paraphrase row each example uses: hash(seed, epoch, index) mod num_texts (0 if none)."""
     index = np.asarray(index, np.int64).astype(np.uint64)
     key = _splitmix64(_splitmix64(np.full(index.shape, seed % 2**64, np.uint64))
