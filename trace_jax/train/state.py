@@ -44,7 +44,7 @@ def make_train_step(task, optimizer, schedule: optax.Schedule):
     (_, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(
         state["params"], batch, rng)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state["step"])
     new_state = {
         "step": state["step"] + 1,
