@@ -187,3 +187,17 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close():
       params, series, observed)["cls"]
   assert out16.dtype == jnp.float32
   assert np.abs(out32 - out16).max() < 0.1
+
+
+def test_remat_gives_the_same_outputs_and_gradients():
+  series, observed = awkward_inputs(2, 3, 16, seed=4)
+  params = random_params(TraceEncoder(TINY), series, seed=4)
+
+  def loss(p, cfg):
+    out = TraceEncoder(cfg).apply(p, series, observed)
+    return jnp.sum(out["cls"] ** 2) + jnp.sum(out["channels"] ** 2)
+
+  plain = jax.value_and_grad(loss)(params, TINY)
+  remat = jax.value_and_grad(loss)(params, dataclasses.replace(TINY, remat=True))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())

@@ -38,6 +38,9 @@ class EncoderConfig:
   dropout: float = 0.1
   attention_dropout: float = 0.0
   dtype: str = "float32"  # compute dtype; parameters are always float32
+  # Recompute each block's activations in the backward pass instead of keeping them: memory
+  # per layer drops from all intermediates to the block input.
+  remat: bool = False
 
   def __post_init__(self):
     if self.channel_bias not in CHANNEL_BIAS_MODES:
@@ -180,8 +183,10 @@ class TraceEncoder(nn.Module):
     key_valid = layout.key_valid(channel_valid, patch_valid)
     rope = rope_tables(layout.positions, rotary_dims(cfg.d_model // cfg.num_heads,
                                                      cfg.rope_fraction), cfg.rope_base)
+    # Static under remat: the layout (hashable) and the deterministic flag (self is argnum 0).
+    block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
     for i in range(cfg.num_layers):
-      h = EncoderBlock(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
+      h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
 
     h = h.astype(jnp.float32)
     per_channel = h[:, 1:].reshape(b, c, n + 1, cfg.d_model)
