@@ -78,6 +78,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dropout", type=float, default=0.1,
                         help="residual dropout rate (attention dropout stays 0.0)")
+    parser.add_argument("--remat", action="store_true",
+                        help="recompute each block in the backward pass (EncoderConfig.remat)")
     parser.add_argument("--memory-budget-gib", type=float, default=None,
                         help="skip configurations estimated above this; default MemAvailable "
                              "plus this process's RSS, less 1.5 GiB, when each one starts")
@@ -97,10 +99,10 @@ def parse_args(argv=None):
     return args
 
 
-def make_config(mode: str, dropout: float) -> EncoderConfig:
+def make_config(mode: str, dropout: float, remat: bool = False) -> EncoderConfig:
     return EncoderConfig(patch_len=6, d_model=384, num_heads=6, num_layers=6, mlp_dim=1536,
                          num_channels=CIT_TABLE, channel_bias=mode, dropout=dropout,
-                         attention_dropout=0.0, dtype="float32")
+                         attention_dropout=0.0, dtype="float32", remat=remat)
 
 
 def max_rss_bytes() -> int:
@@ -184,7 +186,7 @@ def xla_bytes(compiled):
 
 def run_config(mode, channels, args, params, param_count, rss_start):
     """Times one (mode, C); returns (median step seconds or None, line to print)."""
-    cfg = make_config(mode, args.dropout)
+    cfg = make_config(mode, args.dropout, args.remat)
     label = f"{mode:>14s} C={channels:<4d}"
     estimate, note = estimate_peak_bytes(cfg, channels, args.batch, param_count)
     # Memory this process already holds (freed buffers kept by the allocator) is reusable;

@@ -8,6 +8,7 @@ import pytest
 
 from tests.numpy_reference import reference_forward
 from trace_jax.model import EncoderConfig, TraceEncoder
+from trace_jax.model.activations import gelu
 from trace_jax.model.attention import block_diagonal_attention, dense_attention
 from trace_jax.model.layout import TokenLayout
 
@@ -201,3 +202,11 @@ def test_remat_gives_the_same_outputs_and_gradients():
   remat = jax.value_and_grad(loss)(params, dataclasses.replace(TINY, remat=True))
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_gelu_custom_gradient_matches_autodiff():
+  x = jnp.linspace(-8.0, 8.0, 2001)
+  np.testing.assert_array_equal(gelu(x), jax.nn.gelu(x, approximate=False))
+  ours = jax.grad(lambda v: jnp.sum(gelu(v) * jnp.cos(v)))(x)
+  ref = jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False) * jnp.cos(v)))(x)
+  np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trace_jax.model.activations import gelu
 from trace_jax.model.attention import ChannelBiasedAttention
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout
 from trace_jax.model.patching import patchify
@@ -109,7 +110,7 @@ class Mlp(nn.Module):
   def __call__(self, h):
     d = h.shape[-1]
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(h)
-    h = nn.gelu(h, approximate=False)
+    h = gelu(h)
     return nn.Dense(d, dtype=self.dtype, name="fc2")(h)
 
 
