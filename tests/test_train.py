@@ -1,5 +1,4 @@
 """The shared loop end to end on tiny configs: training, sharding equivalence, exact resume."""
-import importlib.util
 import os
 import pathlib
 import signal
@@ -9,41 +8,20 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from tests.helpers import REPO, TASKS, read_params, tiny_config
 from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
 from trace_jax.train import sharding as shard_lib
 from trace_jax.train.align import AlignTask
 from trace_jax.train.loop import build_trainer, example_batch, train_and_evaluate
-from trace_jax.train.pretrain import PretrainTask
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TASKS = {"align": AlignTask, "pretrain": PretrainTask}
 
 
 @pytest.fixture(scope="module")
 def text_cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("text_cache"))
-
-
-def tiny_config(stage, text_cache_dir, **train):
-  spec = importlib.util.spec_from_file_location(stage, REPO / "configs" / f"{stage}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  config.data.text_cache_dir = text_cache_dir
-  config.train.update(train)
-  return config
-
-
-def read_params(workdir, step=None):
-  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
-  step = manager.latest_step() if step is None else step
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  return step, jax.tree.map(np.asarray, state["state"]["params"])
 
 
 @pytest.mark.parametrize("stage", ["align", "pretrain"])
@@ -59,7 +37,7 @@ def test_tiny_run_trains_evaluates_and_checkpoints(stage, tmp_path, text_cache_d
   assert any('"train/loss"' in line for line in lines)
   assert any('"validation/' in line for line in lines)
   assert any(p.name.startswith("events") for p in (tmp_path / "tensorboard").iterdir())
-  step, _ = read_params(tmp_path)
+  step, _ = read_params(tmp_path, config)
   assert step == config.train.steps
   # Rerunning a finished run resumes at the end, trains nothing and reports the same metrics.
   assert train_and_evaluate(config, tmp_path, TASKS[stage](config)) == metrics
@@ -136,12 +114,13 @@ def test_sigkill_then_rerun_ends_bitwise_equal(tmp_path, text_cache_dir):
   wait_for_checkpoint(killed, 8, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  stopped_at, _ = read_params(killed)
+  config = tiny_config("align", text_cache_dir)
+  stopped_at, _ = read_params(killed, config)
   assert stopped_at < steps, "the run finished before it could be killed"
   subprocess.run(main_command(killed, text_cache_dir, steps), cwd=REPO, env=env, check=True,
                  capture_output=True)
-  step_a, whole = read_params(tmp_path / "whole")
-  step_b, resumed = read_params(killed)
+  step_a, whole = read_params(tmp_path / "whole", config)
+  step_b, resumed = read_params(killed, config)
   assert step_a == step_b == steps
   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
@@ -154,6 +133,6 @@ def test_sigterm_leaves_a_complete_checkpoint(tmp_path, text_cache_dir):
   wait_for_checkpoint(tmp_path, 4, proc)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0, proc.stderr.read()
-  step, params = read_params(tmp_path)
+  step, params = read_params(tmp_path, tiny_config("align", text_cache_dir))
   assert 4 <= step < 400
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))

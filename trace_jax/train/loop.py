@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from trace_jax.data import pipeline
@@ -38,6 +39,18 @@ class PreemptionFlag:
     del signum, frame
     logging.warning("SIGTERM received: saving a checkpoint and stopping")
     self.requested = True
+
+  def should_stop(self, step: int, sync_every: int) -> bool:
+    """Whether every process stops after `step`.
+
+    All processes must save the same step, so with several processes the flags are combined
+    with a collective every `sync_every` steps (a host sync, hence not every step).
+    """
+    if jax.process_count() == 1:
+      return self.requested
+    if step % sync_every:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
@@ -189,9 +202,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
         if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
           eval_metrics = run_eval()
           writer.write(step, eval_metrics, "validation")
+        stop = preemption.should_stop(step, train_cfg.log_every)
         checkpointer.save(step, state, train_iter, config_dict,
-                          force=step == train_cfg.steps or preemption.requested)
-        if preemption.requested:
+                          force=step == train_cfg.steps or stop)
+        if stop:
           logging.warning("stopped at step %d after SIGTERM; rerun the command to resume", step)
           break
       if not eval_metrics:  # nothing ran (already finished): still report
