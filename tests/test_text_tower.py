@@ -40,9 +40,9 @@ def golden_out(encoder, golden):
     return encoder.embed(golden[0])
 
 
-def small_encoder(encoder, batch_size=4):
+def small_encoder(encoder, **kwargs):
     """A second encoder sharing the loaded weights, with its own jit and trace counter."""
-    return TextEncoder(encoder.params, encoder.tokenizer, encoder.sha256, batch_size=batch_size)
+    return TextEncoder(encoder.params, encoder.tokenizer, encoder.sha256, **kwargs)
 
 
 def test_golden_embeddings(golden, golden_out):
@@ -57,7 +57,9 @@ def test_golden_embeddings(golden, golden_out):
 def test_model_id_and_dim(encoder):
     assert encoder.dim == 384
     assert encoder.model_id == f"all-MiniLM-L6-v2:{PINNED_SHA256[:12]}:len256"
-    assert encoder.buckets == (16, 32, 64, 128, 256)
+    assert encoder.buckets == embed_mod.BUCKETS and encoder.buckets[-1] == 256
+    assert embed_mod.length_buckets(100) == (16, 20, 24, 32, 40, 48, 56, 64, 72, 80, 96, 100)
+    assert embed_mod.length_buckets(64, (64, 16, 32, 16)) == (16, 32, 64)
 
 
 def test_dense_kernels_are_2d(encoder):
@@ -97,17 +99,57 @@ def test_conversion_names_missing_and_unexpected_tensors():
     assert "pooler" not in msg
 
 
-def test_order_restored_with_small_batches(encoder, golden, golden_out):
+@pytest.mark.parametrize(
+    "kwargs", [dict(batch_size=4), dict(tokens_per_batch=96, buckets=(16, 32, 64, 128))]
+)
+def test_order_restored_with_small_batches(encoder, golden, golden_out, kwargs):
     texts, ref = golden
-    small = small_encoder(encoder, batch_size=4)
+    small = small_encoder(encoder, **kwargs)
     perm = np.random.default_rng(0).permutation(len(texts))
     out = small.embed([texts[i] for i in perm])
     np.testing.assert_allclose(out, golden_out[perm], atol=1e-6, rtol=0)
     assert float(np.abs(out - ref[perm]).max()) <= 1e-5
 
 
-def test_buckets_compile_once_not_per_batch(encoder):
-    small = small_encoder(encoder, batch_size=4)
+def test_token_budget_rows_and_plan(encoder):
+    small = small_encoder(encoder, tokens_per_batch=100, buckets=(16, 32, 64))
+    assert [small.rows_for(b) for b in (16, 32, 64, 256)] == [6, 3, 1, 1]
+    assert small_encoder(encoder, batch_size=5).rows_for(256) == 5
+    lengths = [3, 40, 20, 10, 200, 15, 31, 2, 60, 16, 17]
+    order, batches = small.plan(lengths)
+    assert sorted(order.tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    assert batches[0][0] == 0 and batches[-1][1] == len(lengths)
+    shapes = set()
+    for (start, stop, length, rows), nxt in zip(batches, batches[1:] + [None]):
+        assert 0 < stop - start <= rows == small.rows_for(length)
+        assert all(lengths[i] <= length for i in order[start:stop])
+        assert nxt is None or nxt[0] == stop
+        shapes.add((rows, length))
+    assert len(shapes) == len({length for _, _, length, _ in batches})  # one shape per bucket
+
+
+def test_bucket_choice_weighs_padding_against_compiling(encoder):
+    small = small_encoder(encoder, tokens_per_batch=64)
+    # Thousands of texts per bucket: every bucket they need pays for its compilation.
+    many = np.repeat([15, 19, 23, 30, 70], 2000)
+    assert small.choose_buckets(many) == (16, 20, 24, 32, 72)
+    # A handful of texts: one bucket for all beats compiling four.
+    assert small.choose_buckets([15, 19, 23, 30]) == (32,)
+    assert small.choose_buckets([]) == ()
+    with pytest.raises(ValueError, match="exceed max_length"):
+        small.choose_buckets([300])
+    # Once a bucket is compiled, using it is free: short texts go back to it.
+    short = [f"reading {i} is steady" for i in range(3)]  # < 16 tokens each
+    small.embed(short)
+    assert small.trace_count == 1
+    assert small.choose_buckets([12, 14, 30]) == (16, 32)
+    assert small.choose_buckets([12, 14]) == (16,)
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=4), dict(tokens_per_batch=64)])
+def test_buckets_compile_once_not_per_batch(encoder, kwargs):
+    small = small_encoder(encoder, buckets=(16, 32, 64, 128), **kwargs)
     short = [f"reading {i} is steady" for i in range(11)]  # < 16 tokens each
     medium = ["the temperature rises sharply and then falls slowly over the whole week " * 2]
     assert 16 < len(small.tokenizer.encode(medium)[0][0]) <= 32
@@ -120,9 +162,11 @@ def test_buckets_compile_once_not_per_batch(encoder):
 
     small.embed(short[:6] + medium)  # buckets 32 and 16
     assert small.trace_count == 2
-    small.embed(medium * 5 + short)  # 2 batches at 32, then 16: still nothing new
+    small.embed(medium * 5 + short)  # 2-3 batches at 32, then 16: still nothing new
     assert small.trace_count == 2
     assert small._forward._cache_size() == 2
+    small.embed(short * 40)  # many more batches, same shapes
+    assert small.trace_count == 2
 
 
 def test_tokenizer_truncates_at_256_and_does_not_pad(encoder, golden):
@@ -162,6 +206,12 @@ def test_bad_input_errors(encoder):
         encoder.embed("not a list")
     with pytest.raises(ValueError, match="empty"):
         embed_text([])  # fails before any default encoder is loaded
+    with pytest.raises(ValueError, match="tokens_per_batch must be >= 1"):
+        small_encoder(encoder, tokens_per_batch=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        small_encoder(encoder, batch_size=0)
+    with pytest.raises(ValueError, match="buckets must be positive"):
+        small_encoder(encoder, buckets=(0, 16))
 
 
 def test_embed_text_and_progress_bar(encoder, golden_out, golden, monkeypatch, capsys):
