@@ -44,6 +44,7 @@ the backward pass keeps each layer's scores and softmax: about 90 GiB in all, fa
 The last line printed is `block_diagonal_c112_over_c7=<ratio>`: the block_diagonal step time at
 C=112 over that at C=7 (nan if either was not measured).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ import numpy as np
 from trace_jax.model.encoder import EncoderConfig, TraceEncoder
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout
 
-GIB = 1024 ** 3
+GIB = 1024**3
 TIME_STEPS = 186
 CIT_TABLE = 128
 FLOAT32_BYTES = 4
@@ -71,18 +72,30 @@ ESTIMATE_MARGIN = 1.15  # the estimate runs 0-15% above XLA's totals
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default="block_diagonal,paper",
-                        help="comma list of channel_bias modes")
+    parser.add_argument(
+        "--modes", default="block_diagonal,paper", help="comma list of channel_bias modes"
+    )
     parser.add_argument("--channels", default="7,28,112", help="comma list of channel counts")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--dropout", type=float, default=0.1,
-                        help="residual dropout rate (attention dropout stays 0.0)")
-    parser.add_argument("--remat", action="store_true",
-                        help="recompute each block in the backward pass (EncoderConfig.remat)")
-    parser.add_argument("--memory-budget-gib", type=float, default=None,
-                        help="skip configurations estimated above this; default MemAvailable "
-                             "plus this process's RSS, less 1.5 GiB, when each one starts")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="residual dropout rate (attention dropout stays 0.0)",
+    )
+    parser.add_argument(
+        "--remat",
+        action="store_true",
+        help="recompute each block in the backward pass (EncoderConfig.remat)",
+    )
+    parser.add_argument(
+        "--memory-budget-gib",
+        type=float,
+        default=None,
+        help="skip configurations estimated above this; default MemAvailable "
+        "plus this process's RSS, less 1.5 GiB, when each one starts",
+    )
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in args.modes:
@@ -100,9 +113,19 @@ def parse_args(argv=None):
 
 
 def make_config(mode: str, dropout: float, remat: bool = False) -> EncoderConfig:
-    return EncoderConfig(patch_len=6, d_model=384, num_heads=6, num_layers=6, mlp_dim=1536,
-                         num_channels=CIT_TABLE, channel_bias=mode, dropout=dropout,
-                         attention_dropout=0.0, dtype="float32", remat=remat)
+    return EncoderConfig(
+        patch_len=6,
+        d_model=384,
+        num_heads=6,
+        num_layers=6,
+        mlp_dim=1536,
+        num_channels=CIT_TABLE,
+        channel_bias=mode,
+        dropout=dropout,
+        attention_dropout=0.0,
+        dtype="float32",
+        remat=remat,
+    )
 
 
 def max_rss_bytes() -> int:
@@ -157,15 +180,16 @@ def estimate_peak_bytes(cfg: EncoderConfig, channels: int, batch: int, param_cou
     attention = cfg.num_layers * (2 * score_bytes + mask_bytes) + 3 * score_bytes
     params = 2 * param_count * FLOAT32_BYTES
     total = activations + attention + params
-    note = (f"{what}: {score_bytes / GIB:.2f} GiB per layer; "
-            f"activations {activations / GIB:.1f} GiB")
+    note = (
+        f"{what}: {score_bytes / GIB:.2f} GiB per layer; "
+        f"activations {activations / GIB:.1f} GiB"
+    )
     return total, note
 
 
 def make_step(model: TraceEncoder):
     def loss_fn(params, series, observed, key):
-        out = model.apply(params, series, observed, deterministic=False,
-                          rngs={"dropout": key})
+        out = model.apply(params, series, observed, deterministic=False, rngs={"dropout": key})
         return jnp.mean(jnp.square(out["cls"])) + jnp.mean(jnp.square(out["channels"]))
 
     return jax.jit(jax.value_and_grad(loss_fn))
@@ -179,8 +203,12 @@ def xla_bytes(compiled):
         return None
     if stats is None:
         return None
-    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+    total = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
     return total if stats.temp_size_in_bytes > 0 else None
 
 
@@ -191,14 +219,23 @@ def run_config(mode, channels, args, params, param_count, rss_start):
     estimate, note = estimate_peak_bytes(cfg, channels, args.batch, param_count)
     # Memory this process already holds (freed buffers kept by the allocator) is reusable;
     # the headroom covers the runtime's own use (~0.8 GiB over XLA's total at C=112).
-    budget = (args.memory_budget_gib * GIB if args.memory_budget_gib is not None
-              else available_bytes() + current_rss_bytes() - HEADROOM_GIB * GIB)
+    budget = (
+        args.memory_budget_gib * GIB
+        if args.memory_budget_gib is not None
+        else available_bytes() + current_rss_bytes() - HEADROOM_GIB * GIB
+    )
     # Before compiling, skip only what cannot fit even at the estimate's low end; XLA's exact
     # total decides the close cases once compiled.
     if estimate / ESTIMATE_MARGIN > budget:
-        return None, None, (f"{label} SKIPPED: estimated peak {estimate / GIB:.1f} GiB "
-                      f"(at least {estimate / ESTIMATE_MARGIN / GIB:.1f}) > budget "
-                      f"{budget / GIB:.1f} GiB ({note})")
+        return (
+            None,
+            None,
+            (
+                f"{label} SKIPPED: estimated peak {estimate / GIB:.1f} GiB "
+                f"(at least {estimate / ESTIMATE_MARGIN / GIB:.1f}) > budget "
+                f"{budget / GIB:.1f} GiB ({note})"
+            ),
+        )
 
     rng = np.random.default_rng(channels)
     series = jnp.asarray(rng.standard_normal((args.batch, channels, TIME_STEPS)), jnp.float32)
@@ -206,16 +243,25 @@ def run_config(mode, channels, args, params, param_count, rss_start):
     base_key = jax.random.key(channels)
     keys = [jax.random.fold_in(base_key, i) for i in range(args.repeats + 1)]
 
-    print(f"[{mode} C={channels}] compiling (estimated peak {estimate / GIB:.1f} GiB)...",
-          file=sys.stderr, flush=True)
+    print(
+        f"[{mode} C={channels}] compiling (estimated peak {estimate / GIB:.1f} GiB)...",
+        file=sys.stderr,
+        flush=True,
+    )
     step = make_step(TraceEncoder(cfg))
     t0 = time.perf_counter()
     compiled = step.lower(params, series, observed, keys[0]).compile()
     compile_s = time.perf_counter() - t0
     measured = xla_bytes(compiled)
     if measured is not None and measured > budget:
-        return None, None, (f"{label} SKIPPED after compiling ({compile_s:.1f} s): XLA buffers "
-                      f"{measured / GIB:.1f} GiB > budget {budget / GIB:.1f} GiB ({note})")
+        return (
+            None,
+            None,
+            (
+                f"{label} SKIPPED after compiling ({compile_s:.1f} s): XLA buffers "
+                f"{measured / GIB:.1f} GiB > budget {budget / GIB:.1f} GiB ({note})"
+            ),
+        )
 
     try:
         jax.block_until_ready(compiled(params, series, observed, keys[0]))  # warm-up
@@ -235,11 +281,13 @@ def run_config(mode, channels, args, params, param_count, rss_start):
     median, cpu_median = statistics.median(times), statistics.median(cpu_times)
     rss = max_rss_bytes()
     xla = f"{measured / GIB:.2f} GiB" if measured is not None else "n/a"
-    line = (f"{label} compile {compile_s:5.1f} s | step {median:7.3f} s "
-            f"(min {min(times):.3f}, max {max(times):.3f}, n={len(times)}), "
-            f"cpu {cpu_median:7.3f} s | {args.batch / median:6.2f} samples/s | "
-            f"load {os.getloadavg()[0]:.2f} | max RSS so far {rss / GIB:.2f} GiB "
-            f"(+{(rss - rss_start) / GIB:.2f} GiB) | est {estimate / GIB:.2f} GiB, xla {xla}")
+    line = (
+        f"{label} compile {compile_s:5.1f} s | step {median:7.3f} s "
+        f"(min {min(times):.3f}, max {max(times):.3f}, n={len(times)}), "
+        f"cpu {cpu_median:7.3f} s | {args.batch / median:6.2f} samples/s | "
+        f"load {os.getloadavg()[0]:.2f} | max RSS so far {rss / GIB:.2f} GiB "
+        f"(+{(rss - rss_start) / GIB:.2f} GiB) | est {estimate / GIB:.2f} GiB, xla {xla}"
+    )
     return median, cpu_median, line
 
 
@@ -247,11 +295,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     rss_start = max_rss_bytes()
     n = -(-TIME_STEPS // 6)
-    print(f"attention scaling: T={TIME_STEPS} N={n} d=384 heads=6 layers=6 mlp=1536 "
-          f"batch={args.batch} dropout={args.dropout} repeats={args.repeats} "
-          f"float32 on {jax.devices()[0].platform} ({os.cpu_count()} cores); "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-          f"MemAvailable {available_bytes() / GIB:.1f} GiB", flush=True)
+    print(
+        f"attention scaling: T={TIME_STEPS} N={n} d=384 heads=6 layers=6 mlp=1536 "
+        f"batch={args.batch} dropout={args.dropout} repeats={args.repeats} "
+        f"float32 on {jax.devices()[0].platform} ({os.cpu_count()} cores); "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"MemAvailable {available_bytes() / GIB:.1f} GiB",
+        flush=True,
+    )
 
     # Parameters depend on neither C (the CIT table is fixed at 128) nor the mode: init once,
     # on a small input, so no dense mask is ever built eagerly.
@@ -264,14 +315,12 @@ def main(argv=None) -> int:
     for mode in args.modes:
         base = None
         for channels in args.channels:
-            median, cpu, line = run_config(mode, channels, args, params, param_count,
-                                           rss_start)
+            median, cpu, line = run_config(mode, channels, args, params, param_count, rss_start)
             results[(mode, channels)] = median
             if median is not None:
                 if base is None:
                     base = (channels, median, cpu)
-                line += (f" | vs C={base[0]}: {median / base[1]:.2f}x "
-                         f"(cpu {cpu / base[2]:.2f}x)")
+                line += f" | vs C={base[0]}: {median / base[1]:.2f}x " f"(cpu {cpu / base[2]:.2f}x)"
             print(line, flush=True)
             jax.clear_caches()
             gc.collect()

@@ -30,6 +30,7 @@ a text needs) run first in the same process, and the speed-up line follows.
 The last line is ``text_embed_tokens_per_s=<value>``: real tokens per wall second of the warm
 run with the default settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,30 +82,39 @@ def describe_plan(encoder: TextEncoder, lengths: list[int]) -> str:
     _, batches = encoder.plan(lengths)
     padded = sum(length * rows for _, _, length, rows in batches)
     shapes = sorted({(rows, length) for _, _, length, rows in batches}, key=lambda s: s[1])
-    return (f"buckets {[s[1] for s in shapes]}, {len(batches)} batches, {len(shapes)} shapes, "
-            f"real tokens {sum(lengths) / padded:.1%} of computed")
+    return (
+        f"buckets {[s[1] for s in shapes]}, {len(batches)} batches, {len(shapes)} shapes, "
+        f"real tokens {sum(lengths) / padded:.1%} of computed"
+    )
 
 
-def run(name: str, base: TextEncoder, settings: dict, texts: list[str], real: int,
-        repeats: int) -> float:
+def run(
+    name: str, base: TextEncoder, settings: dict, texts: list[str], real: int, repeats: int
+) -> float:
     encoder = TextEncoder(base.params, base.tokenizer, base.sha256, **settings)
     lengths = [len(x) for x in encoder.tokenizer.encode(texts)[0]]
     print(f"[{name}] {settings}: {describe_plan(encoder, lengths)}", flush=True)
     t0, c0 = time.perf_counter(), time.process_time()
     first = encoder.embed(texts, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"[{name}] cold {wall:6.1f} s (cpu {cpu:6.1f} s, {encoder.trace_count} compilations)"
-          f"  {len(texts) / wall:7.1f} texts/s  {real / wall:7.0f} tok/s"
-          f"  load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"[{name}] cold {wall:6.1f} s (cpu {cpu:6.1f} s, {encoder.trace_count} compilations)"
+        f"  {len(texts) / wall:7.1f} texts/s  {real / wall:7.0f} tok/s"
+        f"  load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     best = None
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         out = encoder.embed(texts, progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         best = wall if best is None else min(best, wall)
-        print(f"[{name}] warm {wall:6.1f} s (cpu {cpu:6.1f} s)"
-              f"  {len(texts) / wall:7.1f} texts/s  {real / wall:7.0f} tok/s"
-              f"  {real / cpu:7.0f} cpu tok/s  load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"[{name}] warm {wall:6.1f} s (cpu {cpu:6.1f} s)"
+            f"  {len(texts) / wall:7.1f} texts/s  {real / wall:7.0f} tok/s"
+            f"  {real / cpu:7.0f} cpu tok/s  load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         assert np.array_equal(out, first), "a second call gave other embeddings"
     return real / best if best else real / wall
 
@@ -114,10 +124,14 @@ def main():
     ap.add_argument("--captions", type=int, default=3000)
     ap.add_argument("--channel", type=int, default=3000)
     ap.add_argument("--no-facts", action="store_true", help="leave the Time-MMD facts out")
-    ap.add_argument("--full", action="store_true",
-                    help="embed every distinct Weather-Captioned text (no facts)")
-    ap.add_argument("--baseline", action="store_true",
-                    help="also run the old settings (buckets 16..256, 64 rows) first")
+    ap.add_argument(
+        "--full", action="store_true", help="embed every distinct Weather-Captioned text (no facts)"
+    )
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run the old settings (buckets 16..256, 64 rows) first",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="warm runs per configuration")
     ap.add_argument("--tokens-per-batch", type=int, default=None)
     ap.add_argument("--data", type=pathlib.Path, default=SHARED)
@@ -131,11 +145,16 @@ def main():
         what = f"all {len(texts)} distinct Weather-Captioned texts"
     else:
         rng = random.Random(args.seed)
-        texts = (rng.sample(captions, min(args.captions, len(captions)))
-                 + rng.sample(channel, min(args.channel, len(channel))) + facts)
+        texts = (
+            rng.sample(captions, min(args.captions, len(captions)))
+            + rng.sample(channel, min(args.channel, len(channel)))
+            + facts
+        )
         rng.shuffle(texts)
-        what = (f"{min(args.captions, len(captions))} captions + "
-                f"{min(args.channel, len(channel))} channel sentences + {len(facts)} facts")
+        what = (
+            f"{min(args.captions, len(captions))} captions + "
+            f"{min(args.channel, len(channel))} channel sentences + {len(facts)} facts"
+        )
 
     base = TextEncoder.load()
     t0 = time.perf_counter()
@@ -143,9 +162,11 @@ def main():
     tok_s = time.perf_counter() - t0
     real = int(lengths.sum())
     pct = np.percentile(lengths, [0, 10, 50, 90, 99, 100]).astype(int).tolist()
-    print(f"sample: {what} = {len(texts)} texts, {real} real tokens "
-          f"(tokenised in {tok_s:.1f} s); {os.cpu_count()} CPUs, "
-          f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"sample: {what} = {len(texts)} texts, {real} real tokens "
+        f"(tokenised in {tok_s:.1f} s); {os.cpu_count()} CPUs, "
+        f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     print(f"lengths: mean {lengths.mean():.1f}, percentiles 0/10/50/90/99/100: {pct}")
 
     settings = {}

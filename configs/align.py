@@ -9,17 +9,18 @@ tiny for tests. Weather-Captioned, after `python -m trace_jax.data.build --datas
   python -m trace_jax.main --config=configs/align.py:cpu --workdir=runs/align_wc \
       --config.data.name=weather_captioned --config.data.data_dir=data_dir
 """
+
 import ml_collections
 
 from trace_jax import presets
 
 
 def get_config(arg=None):
-  c = presets.base_config("align", arg)
-  c.align = ml_collections.ConfigDict()
-  c.align.temperature = 0.07
-  c.align.learn_temperature = False
-  c.align.channel_weight = 1.0  # lambda of the channel-level InfoNCE; 0 turns it off
-  c.align.hard_negatives = 32  # top-K cross-modal negatives per anchor; 0 = the whole batch
-  c.align.init_from = ""  # a pretraining workdir to start the encoder from
-  return c
+    c = presets.base_config("align", arg)
+    c.align = ml_collections.ConfigDict()
+    c.align.temperature = 0.07
+    c.align.learn_temperature = False
+    c.align.channel_weight = 1.0  # lambda of the channel-level InfoNCE; 0 turns it off
+    c.align.hard_negatives = 32  # top-K cross-modal negatives per anchor; 0 = the whole batch
+    c.align.init_from = ""  # a pretraining workdir to start the encoder from
+    return c

@@ -4,13 +4,14 @@ r"""Masked-patch reconstruction pretraining (TRACE stage 1).
 
 Variants after ':': '' paper size for accelerators; cpu for a 2-core CPU; tiny for tests.
 """
+
 import ml_collections
 
 from trace_jax import presets
 
 
 def get_config(arg=None):
-  c = presets.base_config("pretrain", arg)
-  c.pretrain = ml_collections.ConfigDict()
-  c.pretrain.mask_ratio = 0.3
-  return c
+    c = presets.base_config("pretrain", arg)
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.mask_ratio = 0.3
+    return c

@@ -2,6 +2,7 @@
 
 Both must be in place before JAX initialises its backend, so they are set at import time here.
 """
+
 import os
 import pathlib
 

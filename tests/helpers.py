@@ -1,4 +1,5 @@
 """Shared by the trainer tests: tiny configs and reading parameters back from a workdir."""
+
 import importlib.util
 import pathlib
 
@@ -17,27 +18,27 @@ TASKS = {"align": AlignTask, "pretrain": PretrainTask}
 
 
 def tiny_config(stage, text_cache_dir, **train):
-  spec = importlib.util.spec_from_file_location(stage, REPO / "configs" / f"{stage}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  config.data.text_cache_dir = str(text_cache_dir)
-  config.train.update(train)
-  return config
+    spec = importlib.util.spec_from_file_location(stage, REPO / "configs" / f"{stage}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("tiny")
+    config.data.text_cache_dir = str(text_cache_dir)
+    config.train.update(train)
+    return config
 
 
 def read_params(workdir, config):
-  """(latest step, numpy params) of a run, restored onto this process's first device.
+    """(latest step, numpy params) of a run, restored onto this process's first device.
 
-  Goes through the trainer's own restore path, so it also works for checkpoints written by
-  another mesh or another number of processes.
-  """
-  task = TASKS[config.stage](config)
-  mesh = shard_lib.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
-  source, _ = load_sources(config.data)
-  trainer = build_trainer(config, task, mesh, example_batch(source, task.requires_text))
-  checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=100, every=1)
-  step = checkpointer.latest_step()
-  state = checkpointer.restore(trainer.abstract_state)
-  checkpointer.close()
-  return step, jax.tree.map(np.asarray, state["params"])
+    Goes through the trainer's own restore path, so it also works for checkpoints written by
+    another mesh or another number of processes.
+    """
+    task = TASKS[config.stage](config)
+    mesh = shard_lib.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
+    source, _ = load_sources(config.data)
+    trainer = build_trainer(config, task, mesh, example_batch(source, task.requires_text))
+    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=100, every=1)
+    step = checkpointer.latest_step()
+    state = checkpointer.restore(trainer.abstract_state)
+    checkpointer.close()
+    return step, jax.tree.map(np.asarray, state["params"])

@@ -99,8 +99,12 @@ def token_layout(C: int, N: int):
             channel.append(c)
             patch_index.append(i)
             position.append(i + 1)
-    return (np.array(kind), np.array(channel), np.array(patch_index),
-            np.array(position, dtype=np.float64))
+    return (
+        np.array(kind),
+        np.array(channel),
+        np.array(patch_index),
+        np.array(position, dtype=np.float64),
+    )
 
 
 def structural_mask(kind, channel, mode: str) -> np.ndarray:
@@ -148,7 +152,9 @@ def allowed_mask(structural: np.ndarray, key_valid: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 # Section 5: blocks
 # --------------------------------------------------------------------------- #
-def rope(x: np.ndarray, positions: np.ndarray, rope_fraction: float, rope_base: float) -> np.ndarray:
+def rope(
+    x: np.ndarray, positions: np.ndarray, rope_fraction: float, rope_base: float
+) -> np.ndarray:
     """x: (L, hd) one head of one sample; positions: (L,)."""
     hd = x.shape[-1]
     rot = 2 * int(math.floor(rope_fraction * hd / 2))
@@ -167,8 +173,15 @@ def rope(x: np.ndarray, positions: np.ndarray, rope_fraction: float, rope_base: 
     return out
 
 
-def attention(h: np.ndarray, p: dict, allowed: np.ndarray, positions: np.ndarray,
-              num_heads: int, rope_fraction: float, rope_base: float) -> np.ndarray:
+def attention(
+    h: np.ndarray,
+    p: dict,
+    allowed: np.ndarray,
+    positions: np.ndarray,
+    num_heads: int,
+    rope_fraction: float,
+    rope_base: float,
+) -> np.ndarray:
     """h: (L, d) one sample; allowed: (L, L)."""
     L, d = h.shape
     hd = d // num_heads
@@ -201,8 +214,8 @@ def block(h: np.ndarray, p: dict, allowed, positions, num_heads, rope_fraction, 
 
 def _block_names(params: dict):
     names = [k for k in params if k.startswith("block_")]
-    names.sort(key=lambda s: int(s[len("block_"):]))
-    if [int(s[len("block_"):]) for s in names] != list(range(len(names))):
+    names.sort(key=lambda s: int(s[len("block_") :]))
+    if [int(s[len("block_") :]) for s in names] != list(range(len(names))):
         raise ValueError(f"block keys are not block_0..block_{{n-1}}: {names}")
     return names
 
@@ -210,9 +223,19 @@ def _block_names(params: dict):
 # --------------------------------------------------------------------------- #
 # Full forward pass
 # --------------------------------------------------------------------------- #
-def reference_forward(params, series, observed=None, channel_ids=None, mask_patches=None, *,
-                      patch_len, num_heads, channel_bias, rope_fraction=0.5,
-                      rope_base=10000.0) -> dict:
+def reference_forward(
+    params,
+    series,
+    observed=None,
+    channel_ids=None,
+    mask_patches=None,
+    *,
+    patch_len,
+    num_heads,
+    channel_bias,
+    rope_fraction=0.5,
+    rope_base=10000.0,
+) -> dict:
     if channel_bias not in CHANNEL_BIAS_MODES:
         raise ValueError(f"unknown channel_bias mode {channel_bias!r}")
     series = _f64(series)
@@ -295,8 +318,16 @@ def reference_forward(params, series, observed=None, channel_ids=None, mask_patc
 # --------------------------------------------------------------------------- #
 # Self-check
 # --------------------------------------------------------------------------- #
-def random_params(rng: np.random.Generator, *, d: int, num_layers: int, mlp_dim: int,
-                  patch_len: int, num_channels: int, scale: float = 0.3) -> dict:
+def random_params(
+    rng: np.random.Generator,
+    *,
+    d: int,
+    num_layers: int,
+    mlp_dim: int,
+    patch_len: int,
+    num_channels: int,
+    scale: float = 0.3,
+) -> dict:
     def w(*shape):
         return rng.normal(0.0, scale, size=shape)
 
@@ -336,8 +367,16 @@ def _self_check() -> None:
 
     results = {}
     for mode in CHANNEL_BIAS_MODES:
-        out = reference_forward(params, series, observed, channel_ids, mask_patches,
-                                patch_len=P, num_heads=H, channel_bias=mode)
+        out = reference_forward(
+            params,
+            series,
+            observed,
+            channel_ids,
+            mask_patches,
+            patch_len=P,
+            num_heads=H,
+            channel_bias=mode,
+        )
         results[mode] = out
         print(f"mode={mode}")
         for key, val in out.items():

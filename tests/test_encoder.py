@@ -1,4 +1,5 @@
 """The Flax encoder against the independent float64 numpy reference, and its input contract."""
+
 import dataclasses
 
 import jax
@@ -12,201 +13,234 @@ from trace_jax.model.activations import gelu
 from trace_jax.model.attention import block_diagonal_attention, dense_attention
 from trace_jax.model.layout import TokenLayout
 
-TINY = EncoderConfig(patch_len=4, d_model=32, num_heads=4, num_layers=2, mlp_dim=64,
-                     num_channels=8, dropout=0.0)
-FLOAT_OUTPUTS = ("cls", "channels", "tokens", "channel_pooled", "pooled", "revin_mean",
-                 "revin_std", "patches")
+TINY = EncoderConfig(
+    patch_len=4, d_model=32, num_heads=4, num_layers=2, mlp_dim=64, num_channels=8, dropout=0.0
+)
+FLOAT_OUTPUTS = (
+    "cls",
+    "channels",
+    "tokens",
+    "channel_pooled",
+    "pooled",
+    "revin_mean",
+    "revin_std",
+    "patches",
+)
 BOOL_OUTPUTS = ("patch_valid", "channel_valid", "patch_observed")
 
 
 def random_params(model, series, seed):
-  """Initialised params with every leaf redrawn at scale 0.2 (norm scales around 1).
+    """Initialised params with every leaf redrawn at scale 0.2 (norm scales around 1).
 
-  Flax's default init makes attention nearly uniform; larger weights make every mask and
-  rotation matter to the output, so the comparison can actually catch mistakes.
-  """
-  params = model.init(jax.random.key(seed), series)
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  new = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
-  params = jax.tree.unflatten(treedef, new)
-  for name, block in params["params"].items():
-    if name.startswith("block_"):
-      for norm in ("attention_norm", "mlp_norm"):
-        block[norm]["scale"] = 1.0 + block[norm]["scale"]
-  return params
+    Flax's default init makes attention nearly uniform; larger weights make every mask and
+    rotation matter to the output, so the comparison can actually catch mistakes.
+    """
+    params = model.init(jax.random.key(seed), series)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    new = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    params = jax.tree.unflatten(treedef, new)
+    for name, block in params["params"].items():
+        if name.startswith("block_"):
+            for norm in ("attention_norm", "mlp_norm"):
+                block[norm]["scale"] = 1.0 + block[norm]["scale"]
+    return params
 
 
 def awkward_inputs(b, c, t, seed):
-  """Missing points, a whole channel unobserved, NaN and inf, a fully missing patch."""
-  rng = np.random.default_rng(seed)
-  series = (rng.normal(size=(b, c, t)) * 3 + 10).astype(np.float32)
-  observed = rng.random((b, c, t)) > 0.2
-  observed[0, -1] = False  # a channel with no observed point
-  series[0, 0, 1] = np.nan
-  series[-1, 0, 2] = np.inf
-  series[-1, 0, 3] = -np.inf
-  observed[-1, 0, :2] = True
-  observed[-1, -1, -4:] = False  # the last patch of a channel entirely missing
-  return series, observed
+    """Missing points, a whole channel unobserved, NaN and inf, a fully missing patch."""
+    rng = np.random.default_rng(seed)
+    series = (rng.normal(size=(b, c, t)) * 3 + 10).astype(np.float32)
+    observed = rng.random((b, c, t)) > 0.2
+    observed[0, -1] = False  # a channel with no observed point
+    series[0, 0, 1] = np.nan
+    series[-1, 0, 2] = np.inf
+    series[-1, 0, 3] = -np.inf
+    observed[-1, 0, :2] = True
+    observed[-1, -1, -4:] = False  # the last patch of a channel entirely missing
+    return series, observed
 
 
-def assert_matches_reference(cfg, params, series, observed, channel_ids=None,
-                             mask_patches=None, tol=1e-5):
-  out = TraceEncoder(cfg).apply(params, series, observed, channel_ids, mask_patches)
-  ref = reference_forward(
-      params["params"], series, observed, channel_ids, mask_patches,
-      patch_len=cfg.patch_len, num_heads=cfg.num_heads, channel_bias=cfg.channel_bias,
-      rope_fraction=cfg.rope_fraction, rope_base=cfg.rope_base)
-  for key in FLOAT_OUTPUTS:
-    err = np.max(np.abs(np.asarray(out[key], np.float64) - ref[key]))
-    assert err <= tol, f"{key}: max abs difference {err:.3g} > {tol}"
-  for key in BOOL_OUTPUTS:
-    np.testing.assert_array_equal(np.asarray(out[key]), ref[key], err_msg=key)
+def assert_matches_reference(
+    cfg, params, series, observed, channel_ids=None, mask_patches=None, tol=1e-5
+):
+    out = TraceEncoder(cfg).apply(params, series, observed, channel_ids, mask_patches)
+    ref = reference_forward(
+        params["params"],
+        series,
+        observed,
+        channel_ids,
+        mask_patches,
+        patch_len=cfg.patch_len,
+        num_heads=cfg.num_heads,
+        channel_bias=cfg.channel_bias,
+        rope_fraction=cfg.rope_fraction,
+        rope_base=cfg.rope_base,
+    )
+    for key in FLOAT_OUTPUTS:
+        err = np.max(np.abs(np.asarray(out[key], np.float64) - ref[key]))
+        assert err <= tol, f"{key}: max abs difference {err:.3g} > {tol}"
+    for key in BOOL_OUTPUTS:
+        np.testing.assert_array_equal(np.asarray(out[key]), ref[key], err_msg=key)
 
 
 @pytest.mark.parametrize("mode", ["block_diagonal", "paper", "full"])
 @pytest.mark.parametrize("channels", [1, 3, 7])
 def test_matches_numpy_reference(mode, channels):
-  cfg = dataclasses.replace(TINY, channel_bias=mode)
-  t = 18  # not a multiple of patch_len: two points of front padding
-  series, observed = awkward_inputs(2, channels, t, seed=channels)
-  params = random_params(TraceEncoder(cfg), series, seed=channels)
-  assert_matches_reference(cfg, params, series, observed)
+    cfg = dataclasses.replace(TINY, channel_bias=mode)
+    t = 18  # not a multiple of patch_len: two points of front padding
+    series, observed = awkward_inputs(2, channels, t, seed=channels)
+    params = random_params(TraceEncoder(cfg), series, seed=channels)
+    assert_matches_reference(cfg, params, series, observed)
 
 
 @pytest.mark.parametrize("mode", ["block_diagonal", "paper"])
 def test_matches_reference_with_mask_tokens_channel_ids_and_full_rotation(mode):
-  cfg = dataclasses.replace(TINY, channel_bias=mode, rope_fraction=1.0)
-  series, observed = awkward_inputs(3, 4, 16, seed=7)
-  rng = np.random.default_rng(0)
-  channel_ids = np.stack([rng.permutation(8)[:4] for _ in range(3)]).astype(np.int32)
-  mask_patches = rng.random((3, 4, 4)) < 0.3
-  params = random_params(TraceEncoder(cfg), series, seed=3)
-  assert_matches_reference(cfg, params, series, observed, channel_ids, mask_patches)
+    cfg = dataclasses.replace(TINY, channel_bias=mode, rope_fraction=1.0)
+    series, observed = awkward_inputs(3, 4, 16, seed=7)
+    rng = np.random.default_rng(0)
+    channel_ids = np.stack([rng.permutation(8)[:4] for _ in range(3)]).astype(np.int32)
+    mask_patches = rng.random((3, 4, 4)) < 0.3
+    params = random_params(TraceEncoder(cfg), series, seed=3)
+    assert_matches_reference(cfg, params, series, observed, channel_ids, mask_patches)
 
 
 def test_block_diagonal_fast_path_equals_dense_masked_path():
-  layout = TokenLayout(num_channels=5, num_patches=3)
-  rng = np.random.default_rng(0)
-  q, k, v = (jnp.asarray(rng.normal(size=(2, layout.length, 2, 8)), jnp.float32)
-             for _ in range(3))
-  key_valid = jnp.asarray(rng.random((2, layout.length)) > 0.3).at[:, 0].set(True)
-  identity = lambda p: p
-  fast = block_diagonal_attention(q, k, v, key_valid, layout, identity)
-  dense = dense_attention(q, k, v, key_valid, layout, "block_diagonal", identity)
-  np.testing.assert_allclose(fast, dense, atol=1e-6, rtol=0)
+    layout = TokenLayout(num_channels=5, num_patches=3)
+    rng = np.random.default_rng(0)
+    q, k, v = (
+        jnp.asarray(rng.normal(size=(2, layout.length, 2, 8)), jnp.float32) for _ in range(3)
+    )
+    key_valid = jnp.asarray(rng.random((2, layout.length)) > 0.3).at[:, 0].set(True)
+    identity = lambda p: p
+    fast = block_diagonal_attention(q, k, v, key_valid, layout, identity)
+    dense = dense_attention(q, k, v, key_valid, layout, "block_diagonal", identity)
+    np.testing.assert_allclose(fast, dense, atol=1e-6, rtol=0)
 
 
 def test_block_diagonal_channels_do_not_see_each_other():
-  cfg = dataclasses.replace(TINY, channel_bias="block_diagonal")
-  series, observed = awkward_inputs(2, 3, 16, seed=1)
-  params = random_params(TraceEncoder(cfg), series, seed=1)
-  model = TraceEncoder(cfg)
-  base = model.apply(params, series, observed)
-  changed = series.copy()
-  changed[:, 1] += np.linspace(0, 5, 16, dtype=np.float32)
-  other = model.apply(params, changed, observed)
-  np.testing.assert_array_equal(base["channels"][:, 0], other["channels"][:, 0])
-  np.testing.assert_array_equal(base["tokens"][:, 2], other["tokens"][:, 2])
-  assert np.abs(base["cls"] - other["cls"]).max() > 1e-4
+    cfg = dataclasses.replace(TINY, channel_bias="block_diagonal")
+    series, observed = awkward_inputs(2, 3, 16, seed=1)
+    params = random_params(TraceEncoder(cfg), series, seed=1)
+    model = TraceEncoder(cfg)
+    base = model.apply(params, series, observed)
+    changed = series.copy()
+    changed[:, 1] += np.linspace(0, 5, 16, dtype=np.float32)
+    other = model.apply(params, changed, observed)
+    np.testing.assert_array_equal(base["channels"][:, 0], other["channels"][:, 0])
+    np.testing.assert_array_equal(base["tokens"][:, 2], other["tokens"][:, 2])
+    assert np.abs(base["cls"] - other["cls"]).max() > 1e-4
 
 
-@pytest.mark.parametrize("pattern", [
-    "all_missing", "huge", "tiny", "constant", "single_point", "all_nan", "all_inf", "mixed_huge",
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "all_missing",
+        "huge",
+        "tiny",
+        "constant",
+        "single_point",
+        "all_nan",
+        "all_inf",
+        "mixed_huge",
+    ],
+)
 def test_no_input_pattern_gives_nan(pattern):
-  b, c, t = 2, 3, 12
-  series = np.random.default_rng(0).normal(size=(b, c, t)).astype(np.float32)
-  observed = np.ones((b, c, t), bool)
-  if pattern == "all_missing":
-    observed[:] = False
-  elif pattern == "huge":
-    series *= 1e38  # |normal| < 3.4 keeps it finite
-  elif pattern == "tiny":
-    series *= 1e-38
-  elif pattern == "constant":
-    series[:] = 1e25
-  elif pattern == "single_point":
-    observed[:] = False
-    observed[:, :, 5] = True
-  elif pattern == "all_nan":
-    series[:] = np.nan
-  elif pattern == "all_inf":
-    series[:] = np.inf
-  elif pattern == "mixed_huge":
-    series[:, :, ::2] = 3e38
-    series[:, :, 1::2] = -3e38
-  model = TraceEncoder(TINY)
-  params = model.init(jax.random.key(0), series)
-  out = model.apply(params, series, observed)
-  for key, value in out.items():
-    assert np.isfinite(np.asarray(value, np.float64)).all(), f"{pattern}: {key} not finite"
+    b, c, t = 2, 3, 12
+    series = np.random.default_rng(0).normal(size=(b, c, t)).astype(np.float32)
+    observed = np.ones((b, c, t), bool)
+    if pattern == "all_missing":
+        observed[:] = False
+    elif pattern == "huge":
+        series *= 1e38  # |normal| < 3.4 keeps it finite
+    elif pattern == "tiny":
+        series *= 1e-38
+    elif pattern == "constant":
+        series[:] = 1e25
+    elif pattern == "single_point":
+        observed[:] = False
+        observed[:, :, 5] = True
+    elif pattern == "all_nan":
+        series[:] = np.nan
+    elif pattern == "all_inf":
+        series[:] = np.inf
+    elif pattern == "mixed_huge":
+        series[:, :, ::2] = 3e38
+        series[:, :, 1::2] = -3e38
+    model = TraceEncoder(TINY)
+    params = model.init(jax.random.key(0), series)
+    out = model.apply(params, series, observed)
+    for key, value in out.items():
+        assert np.isfinite(np.asarray(value, np.float64)).all(), f"{pattern}: {key} not finite"
 
-  def loss(p):
-    return jnp.sum(model.apply(p, series, observed)["cls"] ** 2)
+    def loss(p):
+        return jnp.sum(model.apply(p, series, observed)["cls"] ** 2)
 
-  grads = jax.grad(loss)(params)
-  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads)), f"{pattern}: grads"
+    grads = jax.grad(loss)(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads)), f"{pattern}: grads"
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda s, o: (s[0], None, None), "rank 3"),
-    (lambda s, o: (s.astype(np.int32), None, None), "floating point"),
-    (lambda s, o: (np.zeros((2, 9, 8), np.float32), None, None), "CIT table holds 8"),
-    (lambda s, o: (s, o[:, :, :-1], None), "observed has shape"),
-    (lambda s, o: (s, o.astype(np.float32), None), "observed must be bool"),
-    (lambda s, o: (s, o, np.zeros((2, 4), np.int32)), "channel_ids must have shape"),
-    (lambda s, o: (s, o, np.full((2, 3), 8, np.int32)), r"channel_ids must lie in \[0, 8\)"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda s, o: (s[0], None, None), "rank 3"),
+        (lambda s, o: (s.astype(np.int32), None, None), "floating point"),
+        (lambda s, o: (np.zeros((2, 9, 8), np.float32), None, None), "CIT table holds 8"),
+        (lambda s, o: (s, o[:, :, :-1], None), "observed has shape"),
+        (lambda s, o: (s, o.astype(np.float32), None), "observed must be bool"),
+        (lambda s, o: (s, o, np.zeros((2, 4), np.int32)), "channel_ids must have shape"),
+        (lambda s, o: (s, o, np.full((2, 3), 8, np.int32)), r"channel_ids must lie in \[0, 8\)"),
+    ],
+)
 def test_bad_input_raises_clear_error(bad, message):
-  series = np.zeros((2, 3, 8), np.float32)
-  observed = np.ones((2, 3, 8), bool)
-  model = TraceEncoder(TINY)
-  params = model.init(jax.random.key(0), series)
-  args = bad(series, observed)
-  with pytest.raises(ValueError, match=message):
-    model.apply(params, *args)
+    series = np.zeros((2, 3, 8), np.float32)
+    observed = np.ones((2, 3, 8), bool)
+    model = TraceEncoder(TINY)
+    params = model.init(jax.random.key(0), series)
+    args = bad(series, observed)
+    with pytest.raises(ValueError, match=message):
+        model.apply(params, *args)
 
 
 def test_bad_config_raises_clear_error():
-  with pytest.raises(ValueError, match="channel_bias must be one of"):
-    dataclasses.replace(TINY, channel_bias="diagonal")
-  with pytest.raises(ValueError, match="not divisible"):
-    dataclasses.replace(TINY, num_heads=5)
-  with pytest.raises(ValueError, match=r"unknown encoder config keys \['d_modle'\]"):
-    EncoderConfig.from_mapping({"d_modle": 8})
+    with pytest.raises(ValueError, match="channel_bias must be one of"):
+        dataclasses.replace(TINY, channel_bias="diagonal")
+    with pytest.raises(ValueError, match="not divisible"):
+        dataclasses.replace(TINY, num_heads=5)
+    with pytest.raises(ValueError, match=r"unknown encoder config keys \['d_modle'\]"):
+        EncoderConfig.from_mapping({"d_modle": 8})
 
 
 def test_bfloat16_compute_keeps_float32_params_and_is_close():
-  series, observed = awkward_inputs(2, 3, 16, seed=2)
-  cfg32 = TINY
-  params = TraceEncoder(cfg32).init(jax.random.key(0), series)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-  out32 = TraceEncoder(cfg32).apply(params, series, observed)["cls"]
-  out16 = TraceEncoder(dataclasses.replace(cfg32, dtype="bfloat16")).apply(
-      params, series, observed)["cls"]
-  assert out16.dtype == jnp.float32
-  assert np.abs(out32 - out16).max() < 0.1
+    series, observed = awkward_inputs(2, 3, 16, seed=2)
+    cfg32 = TINY
+    params = TraceEncoder(cfg32).init(jax.random.key(0), series)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    out32 = TraceEncoder(cfg32).apply(params, series, observed)["cls"]
+    out16 = TraceEncoder(dataclasses.replace(cfg32, dtype="bfloat16")).apply(
+        params, series, observed
+    )["cls"]
+    assert out16.dtype == jnp.float32
+    assert np.abs(out32 - out16).max() < 0.1
 
 
 def test_remat_gives_the_same_outputs_and_gradients():
-  series, observed = awkward_inputs(2, 3, 16, seed=4)
-  params = random_params(TraceEncoder(TINY), series, seed=4)
+    series, observed = awkward_inputs(2, 3, 16, seed=4)
+    params = random_params(TraceEncoder(TINY), series, seed=4)
 
-  def loss(p, cfg):
-    out = TraceEncoder(cfg).apply(p, series, observed)
-    return jnp.sum(out["cls"] ** 2) + jnp.sum(out["channels"] ** 2)
+    def loss(p, cfg):
+        out = TraceEncoder(cfg).apply(p, series, observed)
+        return jnp.sum(out["cls"] ** 2) + jnp.sum(out["channels"] ** 2)
 
-  plain = jax.value_and_grad(loss)(params, TINY)
-  remat = jax.value_and_grad(loss)(params, dataclasses.replace(TINY, remat=True))
-  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    plain = jax.value_and_grad(loss)(params, TINY)
+    remat = jax.value_and_grad(loss)(params, dataclasses.replace(TINY, remat=True))
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
 def test_gelu_custom_gradient_matches_autodiff():
-  x = jnp.linspace(-8.0, 8.0, 2001)
-  np.testing.assert_array_equal(gelu(x), jax.nn.gelu(x, approximate=False))
-  ours = jax.grad(lambda v: jnp.sum(gelu(v) * jnp.cos(v)))(x)
-  ref = jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False) * jnp.cos(v)))(x)
-  np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)
+    x = jnp.linspace(-8.0, 8.0, 2001)
+    np.testing.assert_array_equal(gelu(x), jax.nn.gelu(x, approximate=False))
+    ours = jax.grad(lambda v: jnp.sum(gelu(v) * jnp.cos(v)))(x)
+    ref = jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False) * jnp.cos(v)))(x)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)

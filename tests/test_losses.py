@@ -1,4 +1,5 @@
 """Losses against straightforward float64 numpy references and hand-computed values."""
+
 import math
 
 import jax
@@ -10,8 +11,9 @@ from trace_jax.train import losses
 
 # Jitted once per shape and option: much faster than eager op-by-op dispatch on CPU.
 info_nce = jax.jit(losses.info_nce, static_argnames=("hard_negatives",))
-sample_and_channel_loss = jax.jit(losses.sample_and_channel_loss,
-                                  static_argnames=("hard_negatives",))
+sample_and_channel_loss = jax.jit(
+    losses.sample_and_channel_loss, static_argnames=("hard_negatives",)
+)
 masked_reconstruction_loss = jax.jit(losses.masked_reconstruction_loss)
 random_patch_mask = losses.random_patch_mask
 
@@ -51,17 +53,20 @@ def _embeddings(n, d, seed):
     return s.astype(np.float32), t.astype(np.float32)
 
 
-@pytest.mark.parametrize("hard_negatives,k", [(None, None), ("all", None), (0, None), (3, 3),
-                                              (1, 1), (9, None), (50, None)])
+@pytest.mark.parametrize(
+    "hard_negatives,k",
+    [(None, None), ("all", None), (0, None), (3, 3), (1, 1), (9, None), (50, None)],
+)
 def test_info_nce_matches_reference(hard_negatives, k):
     s, t = _embeddings(10, 16, 0)
-    loss, metrics = info_nce(jnp.asarray(s), jnp.asarray(t), temperature=0.07,
-                             hard_negatives=hard_negatives)
+    loss, metrics = info_nce(
+        jnp.asarray(s), jnp.asarray(t), temperature=0.07, hard_negatives=hard_negatives
+    )
     assert loss.dtype == jnp.float32
-    np.testing.assert_allclose(float(loss), reference_info_nce(s, t, 0.07, k=k), rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(0.5 * (metrics["loss_s2t"] + metrics["loss_t2s"]), loss,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(loss), reference_info_nce(s, t, 0.07, k=k), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(0.5 * (metrics["loss_s2t"] + metrics["loss_t2s"]), loss, rtol=1e-6)
 
 
 @pytest.mark.parametrize("k", [None, 1, 2, 4, 7])
@@ -73,17 +78,24 @@ def test_info_nce_invalid_rows(k):
     s[4] = t[5] + t[7]
     s[6] = t.sum(0)
     t[6] = s.sum(0)
-    loss, metrics = info_nce(jnp.asarray(s), jnp.asarray(t), temperature=0.2,
-                             valid=jnp.asarray(valid), hard_negatives=k)
-    np.testing.assert_allclose(float(loss), reference_info_nce(s, t, 0.2, valid, k),
-                               rtol=1e-5, atol=1e-5)
+    loss, metrics = info_nce(
+        jnp.asarray(s), jnp.asarray(t), temperature=0.2, valid=jnp.asarray(valid), hard_negatives=k
+    )
+    np.testing.assert_allclose(
+        float(loss), reference_info_nce(s, t, 0.2, valid, k), rtol=1e-5, atol=1e-5
+    )
     assert float(metrics["n_valid"]) == 5
     # Changing invalid rows arbitrarily does not change anything.
     s2, t2 = s.copy(), t.copy()
     s2[~valid] = 100.0
     t2[~valid] = -3.0
-    loss2, _ = info_nce(jnp.asarray(s2), jnp.asarray(t2), temperature=0.2,
-                        valid=jnp.asarray(valid), hard_negatives=k)
+    loss2, _ = info_nce(
+        jnp.asarray(s2),
+        jnp.asarray(t2),
+        temperature=0.2,
+        valid=jnp.asarray(valid),
+        hard_negatives=k,
+    )
     np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
 
 
@@ -97,9 +109,10 @@ def test_info_nce_all_invalid_is_zero_and_finite():
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
     # Zero (padding) rows stay finite too.
     loss, grads = jax.value_and_grad(
-        lambda a: info_nce(a, jnp.asarray(t), temperature=0.1,
-                           valid=jnp.array([True, True, False, True]))[0])(
-        jnp.asarray(s).at[2].set(0.0))
+        lambda a: info_nce(
+            a, jnp.asarray(t), temperature=0.1, valid=jnp.array([True, True, False, True])
+        )[0]
+    )(jnp.asarray(s).at[2].set(0.0))
     assert bool(jnp.isfinite(loss)) and bool(jnp.all(jnp.isfinite(grads)))
 
 
@@ -114,8 +127,9 @@ def test_hard_negative_selection_picks_most_similar():
     tau = 0.5
 
     def pairwise(sim, pick):
-        return np.mean([np.log1p(np.exp((sim[i, pick(sim, i)] - sim[i, i]) / tau))
-                        for i in range(4)])
+        return np.mean(
+            [np.log1p(np.exp((sim[i, pick(sim, i)] - sim[i, i]) / tau)) for i in range(4)]
+        )
 
     def most(sim, i):
         return max((j for j in range(4) if j != i), key=lambda j: sim[i, j])
@@ -133,8 +147,9 @@ def test_hard_negative_selection_picks_most_similar():
 
 def test_info_nce_temperature_gradient_and_dtype():
     s, t = _embeddings(6, 8, 3)
-    fn = jax.jit(lambda log_tau, a, b: info_nce(a, b, temperature=jnp.exp(log_tau),
-                                                hard_negatives=2)[0])
+    fn = jax.jit(
+        lambda log_tau, a, b: info_nce(a, b, temperature=jnp.exp(log_tau), hard_negatives=2)[0]
+    )
     log_tau = jnp.log(jnp.float32(0.07))
     g = jax.grad(fn)(log_tau, jnp.asarray(s), jnp.asarray(t))
     assert bool(jnp.isfinite(g)) and float(g) != 0.0
@@ -145,8 +160,9 @@ def test_info_nce_temperature_gradient_and_dtype():
     sb, tb = jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16)
     loss, _ = info_nce(sb, tb, temperature=0.07)
     assert loss.dtype == jnp.float32
-    ref = reference_info_nce(np.asarray(sb.astype(jnp.float32)),
-                             np.asarray(tb.astype(jnp.float32)), 0.07)
+    ref = reference_info_nce(
+        np.asarray(sb.astype(jnp.float32)), np.asarray(tb.astype(jnp.float32)), 0.07
+    )
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -172,28 +188,51 @@ def test_sample_and_channel_loss_pools_across_samples():
     cit = e4.reshape(2, 2, 4)
     ch_text = e4.reshape(2, 2, 4)
     kw = dict(temperature=1.0, channel_weight=0.5, hard_negatives=None)
-    loss, m = sample_and_channel_loss(cls, text, cit, ch_text, has_text=np.ones(2, bool),
-                                      channel_valid=np.ones((2, 2), bool), **kw)
+    loss, m = sample_and_channel_loss(
+        cls,
+        text,
+        cit,
+        ch_text,
+        has_text=np.ones(2, bool),
+        channel_valid=np.ones((2, 2), bool),
+        **kw,
+    )
     e = math.e
     np.testing.assert_allclose(float(m["sample_loss"]), math.log(1 + 1 / e), rtol=1e-6)
     np.testing.assert_allclose(float(m["channel_loss"]), math.log(1 + 3 / e), rtol=1e-6)
-    np.testing.assert_allclose(float(loss), math.log(1 + 1 / e) + 0.5 * math.log(1 + 3 / e),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(loss), math.log(1 + 1 / e) + 0.5 * math.log(1 + 3 / e), rtol=1e-6
+    )
     # Channel (1, 1) missing: 3 rows left, each with 2 negatives.
     cv = np.array([[True, True], [True, False]])
-    _, m = sample_and_channel_loss(cls, text, cit, ch_text, has_text=np.ones(2, bool),
-                                   channel_valid=cv, **kw)
+    _, m = sample_and_channel_loss(
+        cls, text, cit, ch_text, has_text=np.ones(2, bool), channel_valid=cv, **kw
+    )
     np.testing.assert_allclose(float(m["channel_loss"]), math.log(1 + 2 / e), rtol=1e-6)
     # Sample 1 without text: sample level has one row, no negatives -> 0; its channels drop.
-    loss, m = sample_and_channel_loss(cls, text, cit, ch_text, has_text=np.array([True, False]),
-                                      channel_valid=np.ones((2, 2), bool), **kw)
+    loss, m = sample_and_channel_loss(
+        cls,
+        text,
+        cit,
+        ch_text,
+        has_text=np.array([True, False]),
+        channel_valid=np.ones((2, 2), bool),
+        **kw,
+    )
     np.testing.assert_allclose(float(m["sample_loss"]), 0.0, atol=1e-7)
     np.testing.assert_allclose(float(m["channel_loss"]), math.log(1 + 1 / e), rtol=1e-6)
     np.testing.assert_allclose(float(loss), 0.5 * math.log(1 + 1 / e), rtol=1e-6)
     # Hard negatives K=1 on the pooled channel level: one negative per anchor -> log(1 + 1/e).
     kw["hard_negatives"] = 1
-    _, m = sample_and_channel_loss(cls, text, cit, ch_text, has_text=np.ones(2, bool),
-                                   channel_valid=np.ones((2, 2), bool), **kw)
+    _, m = sample_and_channel_loss(
+        cls,
+        text,
+        cit,
+        ch_text,
+        has_text=np.ones(2, bool),
+        channel_valid=np.ones((2, 2), bool),
+        **kw,
+    )
     np.testing.assert_allclose(float(m["channel_loss"]), math.log(1 + 1 / e), rtol=1e-6)
 
 
@@ -204,12 +243,21 @@ def test_sample_and_channel_loss_matches_two_info_nce():
     cit, ch_text = rng.normal(size=(2, b, c, d)).astype(np.float32)
     has_text = np.array([True, True, False])
     cv = rng.random((b, c)) > 0.3
-    loss, m = sample_and_channel_loss(cls, text, cit, ch_text, has_text=has_text,
-                                      channel_valid=cv, temperature=0.07, channel_weight=1.0,
-                                      hard_negatives=2)
+    loss, m = sample_and_channel_loss(
+        cls,
+        text,
+        cit,
+        ch_text,
+        has_text=has_text,
+        channel_valid=cv,
+        temperature=0.07,
+        channel_weight=1.0,
+        hard_negatives=2,
+    )
     ref_s = reference_info_nce(cls, text, 0.07, has_text, 2)
-    ref_c = reference_info_nce(cit.reshape(-1, d), ch_text.reshape(-1, d), 0.07,
-                               (cv & has_text[:, None]).reshape(-1), 2)
+    ref_c = reference_info_nce(
+        cit.reshape(-1, d), ch_text.reshape(-1, d), 0.07, (cv & has_text[:, None]).reshape(-1), 2
+    )
     np.testing.assert_allclose(float(m["sample_loss"]), ref_s, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(m["channel_loss"]), ref_c, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(loss), ref_s + ref_c, rtol=1e-5, atol=1e-6)

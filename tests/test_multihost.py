@@ -1,4 +1,5 @@
 """A real multi-process job: 2 processes x 4 CPU devices through launch/local.py."""
+
 import json
 import os
 import pathlib
@@ -13,49 +14,64 @@ from tests.helpers import REPO, read_params, tiny_config
 
 
 def losses(workdir):
-  out = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    if "train/loss" in record:
-      out[record["step"]] = record["train/loss"]
-  return out
+    out = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            out[record["step"]] = record["train/loss"]
+    return out
 
 
 def run(workdir, cache, processes, devices):
-  main_args = ["--config=configs/align.py:tiny", f"--workdir={workdir}",
-               f"--config.data.text_cache_dir={cache}", "--config.train.steps=6",
-               "--config.train.log_every=1", "--config.train.checkpoint_every=3",
-               "--config.train.eval_every=6"]
-  if processes == 1:
-    cmd = [sys.executable, "-m", "trace_jax.main", *main_args]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-  else:
-    cmd = [sys.executable, "launch/local.py", f"--num_processes={processes}",
-           f"--devices_per_process={devices}", "--", *main_args]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-  return result.stdout
+    main_args = [
+        "--config=configs/align.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.text_cache_dir={cache}",
+        "--config.train.steps=6",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=3",
+        "--config.train.eval_every=6",
+    ]
+    if processes == 1:
+        cmd = [sys.executable, "-m", "trace_jax.main", *main_args]
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        }
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    else:
+        cmd = [
+            sys.executable,
+            "launch/local.py",
+            f"--num_processes={processes}",
+            f"--devices_per_process={devices}",
+            "--",
+            *main_args,
+        ]
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout
 
 
 def test_two_processes_train_checkpoint_restore_and_match_one_process(tmp_path):
-  cache = tmp_path / "cache"
-  single = run(tmp_path / "single", cache, 1, 8)
-  assert "final validation" in single
-  multi = tmp_path / "multi"
-  out = run(multi, cache, 2, 4)
-  assert "[0] final validation" in out
-  np.testing.assert_allclose(list(losses(multi).values()),
-                             list(losses(tmp_path / "single").values()), rtol=1e-5)
-  config = tiny_config("align", cache)
-  _, whole = read_params(multi, config)
-  # Restore: drop the final checkpoint and rerun; both processes resume at step 3.
-  shutil.rmtree(multi / "checkpoints" / "6")
-  (multi / "metrics.jsonl").unlink()
-  run(multi, cache, 2, 4)
-  assert sorted(losses(multi)) == [4, 5, 6]
-  step, resumed = read_params(multi, config)
-  assert step == 6
-  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(a, b)
+    cache = tmp_path / "cache"
+    single = run(tmp_path / "single", cache, 1, 8)
+    assert "final validation" in single
+    multi = tmp_path / "multi"
+    out = run(multi, cache, 2, 4)
+    assert "[0] final validation" in out
+    np.testing.assert_allclose(
+        list(losses(multi).values()), list(losses(tmp_path / "single").values()), rtol=1e-5
+    )
+    config = tiny_config("align", cache)
+    _, whole = read_params(multi, config)
+    # Restore: drop the final checkpoint and rerun; both processes resume at step 3.
+    shutil.rmtree(multi / "checkpoints" / "6")
+    (multi / "metrics.jsonl").unlink()
+    run(multi, cache, 2, 4)
+    assert sorted(losses(multi)) == [4, 5, 6]
+    step, resumed = read_params(multi, config)
+    assert step == 6
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)

@@ -1,4 +1,5 @@
 """Grain pipelines: determinism, paraphrase sampling, process sharding, exact resume, global arrays."""
+
 import json
 
 import grain
@@ -18,8 +19,9 @@ N, G = 150, 16  # 9 full global batches per epoch, 6 examples dropped
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    return synthetic.SyntheticCaptioned(N, seed=1, text_cache=fake_cache(
-        tmp_path_factory.mktemp("text_cache")))
+    return synthetic.SyntheticCaptioned(
+        N, seed=1, text_cache=fake_cache(tmp_path_factory.mktemp("text_cache"))
+    )
 
 
 def take(it, n):
@@ -41,17 +43,32 @@ def train_it(source, **kw):
 
 def test_batch_matches_source(source):
     (batch,) = take(train_it(source), 1)
-    shapes = {"series": (G, 5, 96), "observed": (G, 5, 96), "channel_ids": (G, 5),
-              "text_embedding": (G, 384), "has_text": (G,), "channel_text_embedding": (G, 5, 384),
-              "channel_text_valid": (G, 5), "label": (G,), "index": (G,), "valid": (G,)}
+    shapes = {
+        "series": (G, 5, 96),
+        "observed": (G, 5, 96),
+        "channel_ids": (G, 5),
+        "text_embedding": (G, 384),
+        "has_text": (G,),
+        "channel_text_embedding": (G, 5, 384),
+        "channel_text_valid": (G, 5),
+        "label": (G,),
+        "index": (G,),
+        "valid": (G,),
+    }
     assert {k: v.shape for k, v in batch.items()} == shapes
     assert batch["series"].dtype == np.float32 and batch["index"].dtype == np.int64
     assert batch["channel_ids"].dtype == np.int32 and batch["label"].dtype == np.int32
     assert batch["valid"].all()
     for row, i in enumerate(batch["index"]):
         ex = source[int(i)]
-        for k in ("series", "observed", "channel_ids", "channel_text_embedding",
-                  "channel_text_valid", "label"):
+        for k in (
+            "series",
+            "observed",
+            "channel_ids",
+            "channel_text_embedding",
+            "channel_text_valid",
+            "label",
+        ):
             np.testing.assert_array_equal(batch[k][row], ex[k], err_msg=k)
         assert batch["has_text"][row] == (ex["num_texts"] > 0)
 
@@ -63,14 +80,17 @@ def test_deterministic_and_seeded_per_epoch_shuffle(source):
     other = take(train_it(source, seed=1), steps)
     assert not np.array_equal(a[0]["index"], other[0]["index"])
     per_epoch = N // G
-    epochs = [np.concatenate([b["index"] for b in a[e * per_epoch:(e + 1) * per_epoch]])
-              for e in range(2)]
+    epochs = [
+        np.concatenate([b["index"] for b in a[e * per_epoch : (e + 1) * per_epoch]])
+        for e in range(2)
+    ]
     for idx in epochs:  # an epoch visits distinct examples, all but the remainder
         assert len(np.unique(idx)) == per_epoch * G and idx.min() >= 0 and idx.max() < N
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
     plain = take(train_it(source, shuffle=False), per_epoch + 1)
-    np.testing.assert_array_equal(np.concatenate([b["index"] for b in plain]),
-                                  np.r_[np.arange(per_epoch * G), np.arange(G)])
+    np.testing.assert_array_equal(
+        np.concatenate([b["index"] for b in plain]), np.r_[np.arange(per_epoch * G), np.arange(G)]
+    )
 
 
 def test_paraphrase_sampling_seeded_and_within_num_texts(source):
@@ -108,14 +128,14 @@ def test_paraphrase_sampling_seeded_and_within_num_texts(source):
 def test_two_processes_concatenate_to_the_global_batch(source):
     steps = N // G + 3  # across an epoch boundary
     whole = take(train_it(source, seed=3), steps)
-    parts = [take(train_it(source, seed=3, shard_index=p, shard_count=2), steps)
-             for p in range(2)]
+    parts = [take(train_it(source, seed=3, shard_index=p, shard_count=2), steps) for p in range(2)]
     for step in range(steps):
         assert parts[0][step]["series"].shape[0] == G // 2
         assert not set(parts[0][step]["index"]) & set(parts[1][step]["index"])
         for k in whole[step]:
             np.testing.assert_array_equal(
-                np.concatenate([parts[0][step][k], parts[1][step][k]]), whole[step][k])
+                np.concatenate([parts[0][step][k], parts[1][step][k]]), whole[step][k]
+            )
 
 
 def test_resume_from_state_dict(source):
@@ -137,7 +157,8 @@ def test_resume_from_state_dict(source):
     for step in range(more):
         np.testing.assert_array_equal(
             np.concatenate([halves[0][step]["index"], halves[1][step]["index"]]),
-            expected[step]["index"])
+            expected[step]["index"],
+        )
     with pytest.raises(ValueError, match="another pipeline"):
         train_it(source, seed=5).set_state(state)
 
@@ -153,7 +174,8 @@ def test_resume_through_orbax_and_grain_handler(source, tmp_path):
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
         assert mngr.latest_step() == 4
         restored = mngr.restore(
-            4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+            4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
+        )
     assert restored["data"] is fresh and fresh.step == 4
     assert_batches_equal(take(fresh, 8), expected)
 
@@ -213,14 +235,17 @@ def test_eval_batches_cover_the_split_once(source):
     last = whole[-1]
     np.testing.assert_array_equal(last["series"][~last["valid"]], 0)
     for row, i in enumerate(whole[1]["index"]):  # paraphrase 0 (the primary text)
-        np.testing.assert_array_equal(whole[1]["text_embedding"][row],
-                                      source[int(i)]["text_embedding"][0])
-    halves = [list(pipeline.make_eval_batches(source, 32, shard_index=p, shard_count=2))
-              for p in range(2)]
+        np.testing.assert_array_equal(
+            whole[1]["text_embedding"][row], source[int(i)]["text_embedding"][0]
+        )
+    halves = [
+        list(pipeline.make_eval_batches(source, 32, shard_index=p, shard_count=2)) for p in range(2)
+    ]
     for step in range(5):
         for k in whole[step]:
             np.testing.assert_array_equal(
-                np.concatenate([halves[0][step][k], halves[1][step][k]]), whole[step][k])
+                np.concatenate([halves[0][step][k], halves[1][step][k]]), whole[step][k]
+            )
 
 
 def test_worker_processes_give_the_same_stream(source):

@@ -1,4 +1,5 @@
 """Retrieval metrics on hand-made similarity matrices and against brute-force references."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,9 +19,13 @@ def test_exact_perfect_reversed_ties():
 
 
 def test_exact_three_by_three_by_hand():
-    sim = np.array([[0.9, 0.1, 0.5],    # positive best: rank 1
-                    [0.8, 0.7, 0.2],    # one above: rank 2
-                    [0.3, 0.3, 0.3]])   # two tied: rank 3
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.5],  # positive best: rank 1
+            [0.8, 0.7, 0.2],  # one above: rank 2
+            [0.3, 0.3, 0.3],
+        ]
+    )  # two tied: rank 3
     m = exact_pair_metrics(sim, ks=(1, 2, 3))
     assert m["hit@1"] == pytest.approx(1 / 3)
     assert m["hit@2"] == pytest.approx(2 / 3)
@@ -29,8 +34,12 @@ def test_exact_three_by_three_by_hand():
 
 
 def brute_exact(sim, ks):
-    ranks = np.array([1 + sum(sim[i, j] >= sim[i, i] for j in range(sim.shape[1]) if j != i)
-                      for i in range(sim.shape[0])])
+    ranks = np.array(
+        [
+            1 + sum(sim[i, j] >= sim[i, i] for j in range(sim.shape[1]) if j != i)
+            for i in range(sim.shape[0])
+        ]
+    )
     out = {f"hit@{k}": float(np.mean(ranks <= k)) for k in ks}
     out["mrr"] = float(np.mean(1.0 / ranks))
     return out
@@ -69,9 +78,7 @@ def brute_label(sim, ql, cl, ks, exclude_self):
 
 
 def test_label_metrics_by_hand():
-    sim = np.array([[0.9, 0.8, 0.1, 0.5],
-                    [0.2, 0.3, 0.9, 0.4],
-                    [0.7, 0.6, 0.6, 0.1]])
+    sim = np.array([[0.9, 0.8, 0.1, 0.5], [0.2, 0.3, 0.9, 0.4], [0.7, 0.6, 0.6, 0.1]])
     ql = np.array(["a", "b", "a"])
     cl = np.array(["a", "b", "b", "a"])
     m = label_metrics(sim, ql, cl, ks=(1, 2))
@@ -82,9 +89,7 @@ def test_label_metrics_by_hand():
     assert m["label_p@2"] == pytest.approx(0.5)
     assert m["label_mrr"] == pytest.approx(1.0)
     # Series->series with the query itself as candidate i: self must be dropped.
-    ss = np.array([[1.0, 0.2, 0.6],
-                   [0.2, 1.0, 0.9],
-                   [0.6, 0.9, 1.0]])
+    ss = np.array([[1.0, 0.2, 0.6], [0.2, 1.0, 0.9], [0.6, 0.9, 1.0]])
     labels = np.array([0, 1, 0])
     m = label_metrics(ss, labels, labels, ks=(1,), exclude_self=True)
     # q0: c2 (0) best -> 1; q1: c2 (0) -> 0, first match none -> RR 0; q2: c1 (1) then c0 (0) -> RR 1/2
@@ -117,8 +122,14 @@ def test_label_metrics_against_brute_force_and_chunking(exclude_self):
         got = label_metrics(sim, ql, cl, ks=ks, exclude_self=exclude_self, chunk_size=chunk)
         for key in full:
             assert got[key] == pytest.approx(full[key], abs=1e-12)
-    got = label_metrics(jnp.asarray(sim), jnp.asarray(ql), jnp.asarray(cl), ks=ks,
-                        exclude_self=exclude_self, chunk_size=5)
+    got = label_metrics(
+        jnp.asarray(sim),
+        jnp.asarray(ql),
+        jnp.asarray(cl),
+        ks=ks,
+        exclude_self=exclude_self,
+        chunk_size=5,
+    )
     for key in full:
         assert got[key] == pytest.approx(full[key], abs=1e-12)
         assert type(got[key]) is float

@@ -1,4 +1,5 @@
 """The built-in synthetic captioned data set: schema, determinism, and a real series-text relation."""
+
 import hashlib
 
 import numpy as np
@@ -49,11 +50,17 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_schema_shapes_and_dtypes(data):
     expected = {
-        "series": ((C, T), np.float32), "observed": ((C, T), np.bool_),
-        "channel_ids": ((C,), np.int32), "text_embedding": ((V, D), np.float32),
-        "num_texts": ((), np.int32), "channel_texts": ((C,), np.object_),
-        "channel_text_embedding": ((C, D), np.float32), "channel_text_valid": ((C,), np.bool_),
-        "label": ((), np.int32), "start_time": ((), np.int64), "end_time": ((), np.int64),
+        "series": ((C, T), np.float32),
+        "observed": ((C, T), np.bool_),
+        "channel_ids": ((C,), np.int32),
+        "text_embedding": ((V, D), np.float32),
+        "num_texts": ((), np.int32),
+        "channel_texts": ((C,), np.object_),
+        "channel_text_embedding": ((C, D), np.float32),
+        "channel_text_valid": ((C,), np.bool_),
+        "label": ((), np.int32),
+        "start_time": ((), np.int64),
+        "end_time": ((), np.int64),
     }
     for k in (0, 1, len(data) - 1):
         ex = data[k]
@@ -87,8 +94,9 @@ def test_texts_and_embeddings_consistent(data, cache):
         np.testing.assert_array_equal(valid, [bool(t) for t in ex["channel_texts"]])
         np.testing.assert_array_equal(ex["channel_text_embedding"][~valid], 0)
         if valid.any():
-            np.testing.assert_array_equal(ex["channel_text_embedding"][valid],
-                                          cache.embed(list(ex["channel_texts"][valid])))
+            np.testing.assert_array_equal(
+                ex["channel_text_embedding"][valid], cache.embed(list(ex["channel_texts"][valid]))
+            )
 
 
 def test_deterministic_for_seed_and_prefix_stable(cache, data):
@@ -120,7 +128,7 @@ def test_missing_spans_are_masked(data):
     spike = data.attributes["spike"] > 0
     for k, c in np.argwhere(spike & partly)[:40]:
         lo, hi = synthetic._SPIKE_CENTRE[data.attributes["spike"][k, c]]
-        assert observed[k, c, lo - 1:hi + 2][np.argmax(series[k, c, lo - 1:hi + 2])]
+        assert observed[k, c, lo - 1 : hi + 2][np.argmax(series[k, c, lo - 1 : hi + 2])]
 
 
 def _fit(x, m):
@@ -176,9 +184,16 @@ def test_texts_are_rendered_from_attributes(data):
             assert ex["channel_texts"][c] in renders
         if ex["num_texts"]:
             live = ex["observed"].any(-1)
-            score = [synthetic.salience(*(int(a[n][k, c]) for n in ("trend", "shift", "cycle",
-                                                                     "spike")))
-                     if live[c] else -1 for c in range(C)]
+            score = [
+                (
+                    synthetic.salience(
+                        *(int(a[n][k, c]) for n in ("trend", "shift", "cycle", "spike"))
+                    )
+                    if live[c]
+                    else -1
+                )
+                for c in range(C)
+            ]
             best = max(score)
             top = [c for c in range(C) if score[c] == best]
             assert any(synthetic.CHANNELS[c] in ex["text"].lower() for c in top)
@@ -209,8 +224,7 @@ def test_series_features_predict_real_caption_embeddings(tmp_path_factory):
     train = np.array(example) < 60
 
     def mrr(x, y_train):
-        w = np.linalg.solve(x[train].T @ x[train] + 1e-2 * np.eye(x.shape[1]),
-                            x[train].T @ y_train)
+        w = np.linalg.solve(x[train].T @ x[train] + 1e-2 * np.eye(x.shape[1]), x[train].T @ y_train)
         pred = x[~train] @ w
         pred /= np.linalg.norm(pred, axis=1, keepdims=True) + 1e-9
         target = emb[~train] / np.linalg.norm(emb[~train], axis=1, keepdims=True)
@@ -222,7 +236,13 @@ def test_series_features_predict_real_caption_embeddings(tmp_path_factory):
     names_only = mrr(np.eye(C)[chan], emb[train])
     shuffled = mrr(feats, emb[train][np.random.default_rng(0).permutation(train.sum())])
     chance = float(np.mean(1.0 / np.arange(1, (~train).sum() + 1)))
-    print(f"held-out caption MRR: series features {full:.3f}, channel name only "
-          f"{names_only:.3f}, shuffled pairs {shuffled:.3f}, chance {chance:.3f}")
+    print(
+        f"held-out caption MRR: series features {full:.3f}, channel name only "
+        f"{names_only:.3f}, shuffled pairs {shuffled:.3f}, chance {chance:.3f}"
+    )
     assert full > 1.8 * names_only and full > 3 * shuffled and full > 5 * chance, (
-        full, names_only, shuffled, chance)
+        full,
+        names_only,
+        shuffled,
+        chance,
+    )

@@ -1,4 +1,5 @@
 """The text tower: all-MiniLM-L6-v2 in Flax against the sentence-transformers golden output."""
+
 import json
 import pathlib
 import shutil

@@ -1,4 +1,5 @@
 """The shared loop end to end on tiny configs: training, sharding equivalence, exact resume."""
+
 import os
 import pathlib
 import signal
@@ -18,121 +19,158 @@ from trace_jax.train.align import AlignTask
 from trace_jax.train.loop import build_trainer, example_batch, train_and_evaluate
 
 
-
 @pytest.fixture(scope="module")
 def text_cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("text_cache"))
+    return str(tmp_path_factory.mktemp("text_cache"))
 
 
 @pytest.mark.parametrize("stage", ["align", "pretrain"])
 def test_tiny_run_trains_evaluates_and_checkpoints(stage, tmp_path, text_cache_dir):
-  config = tiny_config(stage, text_cache_dir)
-  metrics = train_and_evaluate(config, tmp_path, TASKS[stage](config))
-  if stage == "align":
-    for key in ("t2s_hit@1", "t2s_hit@10", "t2s_mrr", "s2t_hit@1", "s2t_hit@10", "s2t_mrr"):
-      assert 0.0 <= metrics[key] <= 1.0
-  else:
-    assert np.isfinite(metrics["masked_mse"]) and metrics["masked_mse"] > 0
-  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert any('"train/loss"' in line for line in lines)
-  assert any('"validation/' in line for line in lines)
-  assert any(p.name.startswith("events") for p in (tmp_path / "tensorboard").iterdir())
-  step, _ = read_params(tmp_path, config)
-  assert step == config.train.steps
-  # Rerunning a finished run resumes at the end, trains nothing and reports the same metrics.
-  assert train_and_evaluate(config, tmp_path, TASKS[stage](config)) == metrics
+    config = tiny_config(stage, text_cache_dir)
+    metrics = train_and_evaluate(config, tmp_path, TASKS[stage](config))
+    if stage == "align":
+        for key in ("t2s_hit@1", "t2s_hit@10", "t2s_mrr", "s2t_hit@1", "s2t_hit@10", "s2t_mrr"):
+            assert 0.0 <= metrics[key] <= 1.0
+    else:
+        assert np.isfinite(metrics["masked_mse"]) and metrics["masked_mse"] > 0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert any('"train/loss"' in line for line in lines)
+    assert any('"validation/' in line for line in lines)
+    assert any(p.name.startswith("events") for p in (tmp_path / "tensorboard").iterdir())
+    step, _ = read_params(tmp_path, config)
+    assert step == config.train.steps
+    # Rerunning a finished run resumes at the end, trains nothing and reports the same metrics.
+    assert train_and_evaluate(config, tmp_path, TASKS[stage](config)) == metrics
 
 
 def three_steps(config, task, devices, mesh_axes):
-  mesh = shard_lib.make_mesh(mesh_axes, devices=devices)
-  train_source, _ = load_sources(config.data)
-  trainer = build_trainer(config, task, mesh, example_batch(train_source, task.requires_text))
-  batches = pipeline.make_train_iterator(
-      train_source, global_batch_size=config.train.batch_size, seed=0,
-      sharding=trainer.batch_sharding, require_text=task.requires_text)
-  with jax.set_mesh(mesh):
-    state = trainer.init(example_batch(train_source, task.requires_text))
-    losses = []
-    for _ in range(3):
-      state, metrics = trainer.step(state, next(batches))
-      losses.append(float(metrics["loss"]))
-  return np.array(losses), jax.tree.map(np.asarray, state["params"])
+    mesh = shard_lib.make_mesh(mesh_axes, devices=devices)
+    train_source, _ = load_sources(config.data)
+    trainer = build_trainer(config, task, mesh, example_batch(train_source, task.requires_text))
+    batches = pipeline.make_train_iterator(
+        train_source,
+        global_batch_size=config.train.batch_size,
+        seed=0,
+        sharding=trainer.batch_sharding,
+        require_text=task.requires_text,
+    )
+    with jax.set_mesh(mesh):
+        state = trainer.init(example_batch(train_source, task.requires_text))
+        losses = []
+        for _ in range(3):
+            state, metrics = trainer.step(state, next(batches))
+            losses.append(float(metrics["loss"]))
+    return np.array(losses), jax.tree.map(np.asarray, state["params"])
 
 
 @pytest.mark.parametrize("stage", ["align", "pretrain"])
 def test_sharded_steps_match_one_device(stage, text_cache_dir):
-  config = tiny_config(stage, text_cache_dir)
-  task = TASKS[stage](config)
-  ref_losses, ref_params = three_steps(config, task, jax.devices()[:1], {"data": 1, "fsdp": 1})
-  for axes in ({"data": 8, "fsdp": 1}, {"data": 2, "fsdp": 4}):
-    losses, params = three_steps(config, task, jax.devices(), axes)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=str(axes))
-    # Relative difference of the whole parameter vector. Per leaf it is meaningless for
-    # biases whose exact gradient is ~0 (e.g. the key bias: softmax ignores a per-query
-    # constant): Adam scales their rounding noise up to learning-rate-sized steps.
-    diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in
-                       zip(jax.tree.leaves(params), jax.tree.leaves(ref_params))))
-    norm = np.sqrt(sum(np.sum(b ** 2) for b in jax.tree.leaves(ref_params)))
-    assert diff / norm <= 1e-5, (axes, diff / norm)
+    config = tiny_config(stage, text_cache_dir)
+    task = TASKS[stage](config)
+    ref_losses, ref_params = three_steps(config, task, jax.devices()[:1], {"data": 1, "fsdp": 1})
+    for axes in ({"data": 8, "fsdp": 1}, {"data": 2, "fsdp": 4}):
+        losses, params = three_steps(config, task, jax.devices(), axes)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=str(axes))
+        # Relative difference of the whole parameter vector. Per leaf it is meaningless for
+        # biases whose exact gradient is ~0 (e.g. the key bias: softmax ignores a per-query
+        # constant): Adam scales their rounding noise up to learning-rate-sized steps.
+        diff = np.sqrt(
+            sum(
+                np.sum((a - b) ** 2)
+                for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params))
+            )
+        )
+        norm = np.sqrt(sum(np.sum(b**2) for b in jax.tree.leaves(ref_params)))
+        assert diff / norm <= 1e-5, (axes, diff / norm)
 
 
 def test_fsdp_really_shards_large_parameters(text_cache_dir):
-  config = tiny_config("align", text_cache_dir)
-  config.model.update(d_model=128, mlp_dim=256)
-  task = AlignTask(config)
-  mesh = shard_lib.make_mesh({"data": 2, "fsdp": 4})
-  train_source, _ = load_sources(config.data)
-  trainer = build_trainer(config, task, mesh, example_batch(train_source, True))
-  fc1 = trainer.abstract_state["params"]["model"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
-  assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    config = tiny_config("align", text_cache_dir)
+    config.model.update(d_model=128, mlp_dim=256)
+    task = AlignTask(config)
+    mesh = shard_lib.make_mesh({"data": 2, "fsdp": 4})
+    train_source, _ = load_sources(config.data)
+    trainer = build_trainer(config, task, mesh, example_batch(train_source, True))
+    fc1 = trainer.abstract_state["params"]["model"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+    assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
 def main_command(workdir, text_cache_dir, steps):
-  return [sys.executable, "-m", "trace_jax.main", "--config=configs/align.py:tiny",
-          f"--workdir={workdir}", f"--config.data.text_cache_dir={text_cache_dir}",
-          f"--config.train.steps={steps}", "--config.train.checkpoint_every=4",
-          "--config.train.eval_every=1000", "--config.train.log_every=1000"]
+    return [
+        sys.executable,
+        "-m",
+        "trace_jax.main",
+        "--config=configs/align.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.text_cache_dir={text_cache_dir}",
+        f"--config.train.steps={steps}",
+        "--config.train.checkpoint_every=4",
+        "--config.train.eval_every=1000",
+        "--config.train.log_every=1000",
+    ]
 
 
 def wait_for_checkpoint(workdir, step, proc, timeout=300):
-  target = pathlib.Path(workdir) / "checkpoints" / str(step)
-  deadline = time.time() + timeout
-  while not target.exists():
-    assert proc.poll() is None, proc.stderr.read()
-    assert time.time() < deadline, "no checkpoint appeared"
-    time.sleep(0.02)
+    target = pathlib.Path(workdir) / "checkpoints" / str(step)
+    deadline = time.time() + timeout
+    while not target.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
 
 
 def test_sigkill_then_rerun_ends_bitwise_equal(tmp_path, text_cache_dir):
-  steps = 40
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  subprocess.run(main_command(tmp_path / "whole", text_cache_dir, steps), cwd=REPO, env=env,
-                 check=True, capture_output=True)
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(main_command(killed, text_cache_dir, steps), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  wait_for_checkpoint(killed, 8, proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  config = tiny_config("align", text_cache_dir)
-  stopped_at, _ = read_params(killed, config)
-  assert stopped_at < steps, "the run finished before it could be killed"
-  subprocess.run(main_command(killed, text_cache_dir, steps), cwd=REPO, env=env, check=True,
-                 capture_output=True)
-  step_a, whole = read_params(tmp_path / "whole", config)
-  step_b, resumed = read_params(killed, config)
-  assert step_a == step_b == steps
-  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(a, b)
+    steps = 40
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    subprocess.run(
+        main_command(tmp_path / "whole", text_cache_dir, steps),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        main_command(killed, text_cache_dir, steps),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_checkpoint(killed, 8, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    config = tiny_config("align", text_cache_dir)
+    stopped_at, _ = read_params(killed, config)
+    assert stopped_at < steps, "the run finished before it could be killed"
+    subprocess.run(
+        main_command(killed, text_cache_dir, steps),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    step_a, whole = read_params(tmp_path / "whole", config)
+    step_b, resumed = read_params(killed, config)
+    assert step_a == step_b == steps
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sigterm_leaves_a_complete_checkpoint(tmp_path, text_cache_dir):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  proc = subprocess.Popen(main_command(tmp_path, text_cache_dir, 400), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  wait_for_checkpoint(tmp_path, 4, proc)
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=120) == 0, proc.stderr.read()
-  step, params = read_params(tmp_path, tiny_config("align", text_cache_dir))
-  assert 4 <= step < 400
-  assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.Popen(
+        main_command(tmp_path, text_cache_dir, 400),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_checkpoint(tmp_path, 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    step, params = read_params(tmp_path, tiny_config("align", text_cache_dir))
+    assert 4 <= step < 400
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))

@@ -1,4 +1,5 @@
 """Multi-host start-up: `jax.distributed.initialize` only on a cluster or with a coordinator."""
+
 from __future__ import annotations
 
 import logging
@@ -16,24 +17,29 @@ CLUSTER_MARKERS = {
 
 
 def detected_cluster() -> str | None:
-  for name, variables in CLUSTER_MARKERS.items():
-    if any(v in os.environ for v in variables):
-      if name == "SLURM" and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
-        continue  # a single-task SLURM job is one process: nothing to join
-      if name == "TPU pod" and "," not in os.environ.get("TPU_WORKER_HOSTNAMES", ","):
-        continue  # a single-host TPU VM
-      return name
-  return None
+    for name, variables in CLUSTER_MARKERS.items():
+        if any(v in os.environ for v in variables):
+            if name == "SLURM" and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+                continue  # a single-task SLURM job is one process: nothing to join
+            if name == "TPU pod" and "," not in os.environ.get("TPU_WORKER_HOSTNAMES", ","):
+                continue  # a single-host TPU VM
+            return name
+    return None
 
 
-def maybe_initialize(coordinator_address: str = "", num_processes: int = 0,
-                     process_id: int = -1) -> None:
-  """Must run before any JAX computation; does nothing on a single machine."""
-  if coordinator_address:
-    logging.info("joining %s as process %d of %d", coordinator_address, process_id,
-                 num_processes)
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-  elif (cluster := detected_cluster()) is not None:
-    logging.info("%s detected: jax.distributed.initialize()", cluster)
-    jax.distributed.initialize()
+def maybe_initialize(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
+    """Must run before any JAX computation; does nothing on a single machine."""
+    if coordinator_address:
+        logging.info(
+            "joining %s as process %d of %d", coordinator_address, process_id, num_processes
+        )
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    elif (cluster := detected_cluster()) is not None:
+        logging.info("%s detected: jax.distributed.initialize()", cluster)
+        jax.distributed.initialize()

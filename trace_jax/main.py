@@ -6,6 +6,7 @@ r"""Entry point for every stage: the same command on every host.
 Overrides: --config.train.batch_size=64 (a mistyped key is refused, naming it). Rerunning the
 same command resumes from the workdir's latest checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,63 +20,70 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "", "host:port of process 0 (multi-process without a cluster).")
+    "coordinator_address", "", "host:port of process 0 (multi-process without a cluster)."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address.")
 
 
 def parse_flags(argv):
-  """absl flag parsing, with config override mistakes reported as one clear line."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"').replace("\\'", "'")
-    sys.exit(f"error in the config or its overrides: {message}")
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
+    """absl flag parsing, with config override mistakes reported as one clear line."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"').replace("\\'", "'")
+        sys.exit(f"error in the config or its overrides: {message}")
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
 
 
 class _QuietOrbax(logging.Filter):
-  """Orbax logs every save at INFO; keep its warnings, drop the chatter."""
+    """Orbax logs every save at INFO; keep its warnings, drop the chatter."""
 
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
 def task_for(config):
-  # Imported here so that jax.distributed.initialize runs before anything touches JAX.
-  from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
-  from trace_jax.train.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
+    # Imported here so that jax.distributed.initialize runs before anything touches JAX.
+    from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
+    from trace_jax.train.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
 
-  tasks = {"align": AlignTask, "pretrain": PretrainTask}
-  if config.stage not in tasks:
-    raise ValueError(f"unknown stage {config.stage!r}; choose from {sorted(tasks)}")
-  return tasks[config.stage](config)
+    tasks = {"align": AlignTask, "pretrain": PretrainTask}
+    if config.stage not in tasks:
+        raise ValueError(f"unknown stage {config.stage!r}; choose from {sorted(tasks)}")
+    return tasks[config.stage](config)
 
 
 def main(argv):
-  del argv
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietOrbax())
-  from trace_jax import distributed  # pylint: disable=g-import-not-at-top
+    del argv
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietOrbax())
+    from trace_jax import distributed  # pylint: disable=g-import-not-at-top
 
-  distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  import jax  # pylint: disable=g-import-not-at-top
+    distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    import jax  # pylint: disable=g-import-not-at-top
 
-  from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+    from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or f"runs/{config.stage}"
-  logging.info("devices: %d (%s), processes: %d", jax.device_count(),
-               jax.devices()[0].platform, jax.process_count())
-  if jax.devices()[0].platform == "cpu" and config.model.d_model >= 384:
-    logging.warning("paper-size model on CPU: expect slow steps; configs/<stage>.py:cpu is "
-                    "the CPU variant")
-  metrics = train_and_evaluate(config, workdir, task_for(config))
-  if jax.process_index() == 0:
-    print("final validation: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or f"runs/{config.stage}"
+    logging.info(
+        "devices: %d (%s), processes: %d",
+        jax.device_count(),
+        jax.devices()[0].platform,
+        jax.process_count(),
+    )
+    if jax.devices()[0].platform == "cpu" and config.model.d_model >= 384:
+        logging.warning(
+            "paper-size model on CPU: expect slow steps; configs/<stage>.py:cpu is "
+            "the CPU variant"
+        )
+    metrics = train_and_evaluate(config, workdir, task_for(config))
+    if jax.process_index() == 0:
+        print("final validation: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=parse_flags)
+    flags.mark_flag_as_required("config")
+    app.run(main, flags_parser=parse_flags)

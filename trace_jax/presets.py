@@ -1,4 +1,5 @@
 """Model sizes shared by the experiment configs in configs/ (ml_collections)."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -15,56 +16,56 @@ ENCODER_SIZES = {
 
 
 def encoder(size: str, **overrides) -> ml_collections.ConfigDict:
-  """An encoder config section: every EncoderConfig field, at one of ENCODER_SIZES."""
-  if size not in ENCODER_SIZES:
-    raise ValueError(f"unknown model size {size!r}; choose from {sorted(ENCODER_SIZES)}")
-  fields = vars(EncoderConfig(**ENCODER_SIZES[size], **overrides))
-  return ml_collections.ConfigDict(dict(fields))
+    """An encoder config section: every EncoderConfig field, at one of ENCODER_SIZES."""
+    if size not in ENCODER_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose from {sorted(ENCODER_SIZES)}")
+    fields = vars(EncoderConfig(**ENCODER_SIZES[size], **overrides))
+    return ml_collections.ConfigDict(dict(fields))
 
 
 def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> str:
-  """The variant named after ':' in --config=configs/x.py:<variant>; '' is the default."""
-  arg = arg or ""
-  if arg not in allowed:
-    raise ValueError(f"unknown config variant {arg!r}; choose from {allowed}")
-  return arg
+    """The variant named after ':' in --config=configs/x.py:<variant>; '' is the default."""
+    arg = arg or ""
+    if arg not in allowed:
+        raise ValueError(f"unknown config variant {arg!r}; choose from {allowed}")
+    return arg
 
 
 def base_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
-  """Sections every training config shares: model, data, train, mesh.
+    """Sections every training config shares: model, data, train, mesh.
 
-  Variants: '' paper size for accelerators, 'cpu' a 2-core CPU in minutes, 'tiny' tests.
-  """
-  variant = parse_arg(arg, ("", "cpu", "tiny"))
-  pick = lambda paper, cpu, tiny: {"": paper, "cpu": cpu, "tiny": tiny}[variant]
-  c = ml_collections.ConfigDict()
-  c.stage = stage
-  c.seed = 0
-  c.model = encoder(pick("paper", "cpu", "tiny"), num_channels=64)
+    Variants: '' paper size for accelerators, 'cpu' a 2-core CPU in minutes, 'tiny' tests.
+    """
+    variant = parse_arg(arg, ("", "cpu", "tiny"))
+    pick = lambda paper, cpu, tiny: {"": paper, "cpu": cpu, "tiny": tiny}[variant]
+    c = ml_collections.ConfigDict()
+    c.stage = stage
+    c.seed = 0
+    c.model = encoder(pick("paper", "cpu", "tiny"), num_channels=64)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "synthetic"  # or weather_captioned, time_mmd (built TFDS data sets)
-  c.data.data_dir = ""  # where `python -m trace_jax.data.build` put the data set
-  c.data.builder_config = ""  # TFDS builder config name ('' = the builder's default)
-  c.data.train_split = "train"
-  c.data.validation_split = "validation"
-  c.data.num_synthetic_train = pick(20000, 4000, 64)
-  c.data.num_synthetic_validation = pick(1000, 500, 32)
-  c.data.worker_count = 0
-  c.data.text_cache_dir = ""  # '' = ~/.cache/trace_jax (or $TRACE_JAX_CACHE)
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic"  # or weather_captioned, time_mmd (built TFDS data sets)
+    c.data.data_dir = ""  # where `python -m trace_jax.data.build` put the data set
+    c.data.builder_config = ""  # TFDS builder config name ('' = the builder's default)
+    c.data.train_split = "train"
+    c.data.validation_split = "validation"
+    c.data.num_synthetic_train = pick(20000, 4000, 64)
+    c.data.num_synthetic_validation = pick(1000, 500, 32)
+    c.data.worker_count = 0
+    c.data.text_cache_dir = ""  # '' = ~/.cache/trace_jax (or $TRACE_JAX_CACHE)
 
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = pick(256, 64, 16)
-  c.train.steps = pick(20000, 1500, 6)
-  c.train.learning_rate = pick(1e-4, 5e-4, 1e-3)
-  c.train.warmup_steps = pick(1000, 100, 2)
-  c.train.weight_decay = 0.05
-  c.train.grad_clip = 5.0
-  c.train.log_every = pick(100, 50, 2)
-  c.train.eval_every = pick(2000, 500, 3)
-  c.train.checkpoint_every = pick(2000, 500, 3)
-  c.train.keep_checkpoints = 3
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = pick(256, 64, 16)
+    c.train.steps = pick(20000, 1500, 6)
+    c.train.learning_rate = pick(1e-4, 5e-4, 1e-3)
+    c.train.warmup_steps = pick(1000, 100, 2)
+    c.train.weight_decay = 0.05
+    c.train.grad_clip = 5.0
+    c.train.log_every = pick(100, 50, 2)
+    c.train.eval_every = pick(2000, 500, 3)
+    c.train.checkpoint_every = pick(2000, 500, 3)
+    c.train.keep_checkpoints = 3
 
-  # Mesh axis sizes (-1: all remaining devices); parameters are sharded over fsdp.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  return c
+    # Mesh axis sizes (-1: all remaining devices); parameters are sharded over fsdp.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    return c

@@ -8,6 +8,7 @@
 Without --manual_dir the builder downloads from the upstream repository (needs a network).
 Prints the number of examples per split when done.
 """
+
 from __future__ import annotations
 
 from absl import app
@@ -20,36 +21,41 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "data_dir", "Where the built data se
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Local copy in the upstream layout; omit to download."
 )
-_CONFIG = flags.DEFINE_string("builder_config", None,
-                              "Builder config name (default: the first).")
+_CONFIG = flags.DEFINE_string("builder_config", None, "Builder config name (default: the first).")
 _TEXT_CACHE = flags.DEFINE_string(
     "text_cache_dir", None, "Text-embedding cache (default ~/.cache/trace_jax)."
 )
 
 
-def build(dataset: str, data_dir: str, manual_dir: str | None = None,
-          config: str | None = None, text_cache_dir: str | None = None):
-  """Builds `dataset` into `data_dir` and returns the prepared builder."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+def build(
+    dataset: str,
+    data_dir: str,
+    manual_dir: str | None = None,
+    config: str | None = None,
+    text_cache_dir: str | None = None,
+):
+    """Builds `dataset` into `data_dir` and returns the prepared builder."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  builder = builder_class(dataset)(
-      data_dir=data_dir, config=config, text_cache_dir=text_cache_dir
-  )
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-  )
-  return builder
+    builder = builder_class(dataset)(
+        data_dir=data_dir, config=config, text_cache_dir=text_cache_dir
+    )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
+    return builder
 
 
 def main(argv):
-  del argv
-  builder = build(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value, _CONFIG.value,
-                  _TEXT_CACHE.value)
-  print(f"{builder.name}/{builder.builder_config.name} built in {builder.data_dir}")
-  for split, info in builder.info.splits.items():
-    print(f"  {split}: {info.num_examples} examples")
+    del argv
+    builder = build(
+        _DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value, _CONFIG.value, _TEXT_CACHE.value
+    )
+    print(f"{builder.name}/{builder.builder_config.name} built in {builder.data_dir}")
+    for split, info in builder.info.splits.items():
+        print(f"  {split}: {info.num_examples} examples")
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("dataset")
-  app.run(main)
+    flags.mark_flag_as_required("dataset")
+    app.run(main)

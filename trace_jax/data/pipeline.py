@@ -35,6 +35,7 @@ Checkpoint it with Orbax through Grain's own handler: ``grain.checkpoint.Checkpo
 ``grain.checkpoint.CheckpointRestore(it)`` in an ``ocp.args.Composite`` (one JSON file per
 process), or with ``get_state``/``set_state`` directly.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,11 +46,28 @@ from typing import Any, Iterator, Mapping, Sequence
 import grain
 import numpy as np
 
-BATCH_KEYS = ("series", "observed", "channel_ids", "text_embedding", "has_text",
-              "channel_text_embedding", "channel_text_valid", "label", "index", "valid")
+BATCH_KEYS = (
+    "series",
+    "observed",
+    "channel_ids",
+    "text_embedding",
+    "has_text",
+    "channel_text_embedding",
+    "channel_text_valid",
+    "label",
+    "index",
+    "valid",
+)
 _STATE_VERSION = 1
-_CHECKED_STATE_KEYS = ("seed", "global_batch_size", "num_examples", "shuffle", "drop_remainder",
-                       "require_text", "paraphrase")
+_CHECKED_STATE_KEYS = (
+    "seed",
+    "global_batch_size",
+    "num_examples",
+    "shuffle",
+    "drop_remainder",
+    "require_text",
+    "paraphrase",
+)
 
 
 def _read(source, indices: Sequence[int]) -> list[Mapping[str, Any]]:
@@ -86,8 +104,11 @@ def steps_per_epoch(num_examples: int, global_batch_size: int, drop_remainder: b
     return math.ceil(num_examples / global_batch_size)
 
 
-_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(
-    0x9E3779B97F4A7C15)
+_M1, _M2, _GOLD = (
+    np.uint64(0xBF58476D1CE4E5B9),
+    np.uint64(0x94D049BB133111EB),
+    np.uint64(0x9E3779B97F4A7C15),
+)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -98,12 +119,14 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def paraphrase_choice(seed: int, epoch: int, index: np.ndarray,
-                      num_texts: np.ndarray) -> np.ndarray:
+def paraphrase_choice(
+    seed: int, epoch: int, index: np.ndarray, num_texts: np.ndarray
+) -> np.ndarray:
     """Which paraphrase row each example uses: hash(seed, epoch, index) mod num_texts (0 if none)."""
     index = np.asarray(index, np.int64).astype(np.uint64)
-    key = _splitmix64(_splitmix64(np.full(index.shape, seed % 2**64, np.uint64))
-                      ^ np.uint64(epoch % 2**64))
+    key = _splitmix64(
+        _splitmix64(np.full(index.shape, seed % 2**64, np.uint64)) ^ np.uint64(epoch % 2**64)
+    )
     h = _splitmix64(key ^ index)
     n = np.maximum(np.asarray(num_texts, np.int64), 1).astype(np.uint64)
     return np.where(np.asarray(num_texts) > 0, h % n, 0).astype(np.int64)
@@ -112,12 +135,24 @@ def paraphrase_choice(seed: int, epoch: int, index: np.ndarray,
 class LocalBatchReader:
     """Picklable map function: global step -> this process's local batch (numpy dict)."""
 
-    def __init__(self, source, positions: np.ndarray, *, global_batch_size: int,
-                 shard_index: int, shard_count: int, drop_remainder: bool, seed: int,
-                 shuffle: bool, paraphrase: str):
+    def __init__(
+        self,
+        source,
+        positions: np.ndarray,
+        *,
+        global_batch_size: int,
+        shard_index: int,
+        shard_count: int,
+        drop_remainder: bool,
+        seed: int,
+        shuffle: bool,
+        paraphrase: str,
+    ):
         if global_batch_size <= 0 or global_batch_size % shard_count:
-            raise ValueError(f"global_batch_size {global_batch_size} must be a positive "
-                             f"multiple of the process count {shard_count}")
+            raise ValueError(
+                f"global_batch_size {global_batch_size} must be a positive "
+                f"multiple of the process count {shard_count}"
+            )
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
         if paraphrase not in ("sample", "first"):
@@ -128,8 +163,9 @@ class LocalBatchReader:
         self.local_batch_size = global_batch_size // shard_count
         self.shard_index, self.shard_count = shard_index, shard_count
         self.seed, self.shuffle, self.paraphrase = int(seed), bool(shuffle), paraphrase
-        self.steps_per_epoch = steps_per_epoch(len(self.positions), global_batch_size,
-                                               drop_remainder)
+        self.steps_per_epoch = steps_per_epoch(
+            len(self.positions), global_batch_size, drop_remainder
+        )
         self._spec = self._element_spec()
         self._orders: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -150,11 +186,16 @@ class LocalBatchReader:
         c_t = np.shape(ex["series"])
         dim = np.shape(ex["text_embedding"])[-1]
         return {
-            "series": (c_t, np.float32), "observed": (c_t, np.bool_),
-            "channel_ids": (c_t[:1], np.int32), "text_embedding": ((dim,), np.float32),
-            "has_text": ((), np.bool_), "channel_text_embedding": ((c_t[0], dim), np.float32),
-            "channel_text_valid": (c_t[:1], np.bool_), "label": ((), np.int32),
-            "index": ((), np.int64), "valid": ((), np.bool_),
+            "series": (c_t, np.float32),
+            "observed": (c_t, np.bool_),
+            "channel_ids": (c_t[:1], np.int32),
+            "text_embedding": ((dim,), np.float32),
+            "has_text": ((), np.bool_),
+            "channel_text_embedding": ((c_t[0], dim), np.float32),
+            "channel_text_valid": (c_t[:1], np.bool_),
+            "label": ((), np.int32),
+            "index": ((), np.int64),
+            "valid": ((), np.bool_),
         }
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -197,9 +238,11 @@ class LocalBatchReader:
                 batch["text_embedding"][i] = np.asarray(ex["text_embedding"])[row]
         batch["has_text"][:n] = num_texts > 0
         batch["channel_text_embedding"][:n] = np.stack(
-            [np.asarray(ex["channel_text_embedding"], np.float32) for ex in examples])
+            [np.asarray(ex["channel_text_embedding"], np.float32) for ex in examples]
+        )
         batch["channel_text_valid"][:n] = np.stack(
-            [np.asarray(ex["channel_text_valid"], bool) for ex in examples])
+            [np.asarray(ex["channel_text_valid"], bool) for ex in examples]
+        )
         batch["label"][:n] = [int(ex["label"]) for ex in examples]
         batch["index"][:n] = index
         batch["valid"][:n] = True
@@ -215,24 +258,39 @@ class BatchIterator(grain.DatasetIterator):
     ``next``/``start_prefetch``), so restoring right after construction starts workers once.
     """
 
-    def __init__(self, reader: LocalBatchReader, *, num_epochs: int | None, sharding=None,
-                 worker_count: int = 0, num_threads: int = 1, prefetch: int = 2,
-                 drop_remainder: bool = True, require_text: bool = False):
+    def __init__(
+        self,
+        reader: LocalBatchReader,
+        *,
+        num_epochs: int | None,
+        sharding=None,
+        worker_count: int = 0,
+        num_threads: int = 1,
+        prefetch: int = 2,
+        drop_remainder: bool = True,
+        require_text: bool = False,
+    ):
         super().__init__()
         self._it = None  # the Grain iterator, built lazily (close() may run from __del__)
         if reader.steps_per_epoch == 0:
-            raise ValueError(f"{len(reader.positions)} examples make no batch of "
-                             f"{reader.global_batch_size} (drop_remainder=True)")
+            raise ValueError(
+                f"{len(reader.positions)} examples make no batch of "
+                f"{reader.global_batch_size} (drop_remainder=True)"
+            )
         self.reader = reader
         self.num_epochs = num_epochs
-        self.total_steps = (sys.maxsize if num_epochs is None
-                            else num_epochs * reader.steps_per_epoch)
+        self.total_steps = (
+            sys.maxsize if num_epochs is None else num_epochs * reader.steps_per_epoch
+        )
         self.sharding = sharding
         self.worker_count, self.num_threads, self.prefetch = worker_count, num_threads, prefetch
         self._fingerprint = {
-            "seed": reader.seed, "global_batch_size": reader.global_batch_size,
-            "num_examples": int(len(reader.positions)), "shuffle": reader.shuffle,
-            "drop_remainder": bool(drop_remainder), "require_text": bool(require_text),
+            "seed": reader.seed,
+            "global_batch_size": reader.global_batch_size,
+            "num_examples": int(len(reader.positions)),
+            "shuffle": reader.shuffle,
+            "drop_remainder": bool(drop_remainder),
+            "require_text": bool(require_text),
             "paraphrase": reader.paraphrase,
         }
         self._step = 0
@@ -242,7 +300,8 @@ class BatchIterator(grain.DatasetIterator):
             if reader.shard_count != jax.process_count():
                 raise ValueError(
                     f"global arrays need one shard per JAX process: shard_count "
-                    f"{reader.shard_count} != jax.process_count() {jax.process_count()}")
+                    f"{reader.shard_count} != jax.process_count() {jax.process_count()}"
+                )
 
     @property
     def step(self) -> int:
@@ -261,12 +320,18 @@ class BatchIterator(grain.DatasetIterator):
     def _grain_iterator(self):
         if self._it is None:
             ds = grain.MapDataset.range(self._step, self.total_steps).map(self.reader)
-            ds = ds.to_iter_dataset(grain.ReadOptions(
-                num_threads=self.num_threads if self.prefetch else 0,
-                prefetch_buffer_size=self.prefetch if self.num_threads else 0))
+            ds = ds.to_iter_dataset(
+                grain.ReadOptions(
+                    num_threads=self.num_threads if self.prefetch else 0,
+                    prefetch_buffer_size=self.prefetch if self.num_threads else 0,
+                )
+            )
             if self.worker_count > 0:
-                ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-                    num_workers=self.worker_count, per_worker_buffer_size=max(1, self.prefetch)))
+                ds = ds.mp_prefetch(
+                    grain.MultiprocessingOptions(
+                        num_workers=self.worker_count, per_worker_buffer_size=max(1, self.prefetch)
+                    )
+                )
             self._it = iter(ds)
         return self._it
 
@@ -292,14 +357,18 @@ class BatchIterator(grain.DatasetIterator):
         return out
 
     def get_state(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "step": self._step, **self._fingerprint,
-                "shard_index": self.reader.shard_index, "shard_count": self.reader.shard_count}
+        return {
+            "version": _STATE_VERSION,
+            "step": self._step,
+            **self._fingerprint,
+            "shard_index": self.reader.shard_index,
+            "shard_count": self.reader.shard_count,
+        }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unknown iterator state version {state.get('version')}")
-        wrong = {k: (state.get(k), v) for k, v in self._fingerprint.items()
-                 if state.get(k) != v}
+        wrong = {k: (state.get(k), v) for k, v in self._fingerprint.items() if state.get(k) != v}
         if wrong:
             raise ValueError(f"iterator state from another pipeline (saved, current): {wrong}")
         step = int(state["step"])
@@ -322,8 +391,10 @@ class BatchIterator(grain.DatasetIterator):
         super().close()
 
     def __str__(self) -> str:
-        return (f"BatchIterator(step={self._step}, steps_per_epoch={self.steps_per_epoch}, "
-                f"{self._fingerprint})")
+        return (
+            f"BatchIterator(step={self._step}, steps_per_epoch={self.steps_per_epoch}, "
+            f"{self._fingerprint})"
+        )
 
 
 def _shards(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -335,12 +406,22 @@ def _shards(shard_index: int | None, shard_count: int | None) -> tuple[int, int]
     return int(shard_index), int(shard_count)
 
 
-def make_train_iterator(source, *, global_batch_size: int, seed: int, sharding=None,
-                        shard_index: int | None = None, shard_count: int | None = None,
-                        num_epochs: int | None = None, shuffle: bool = True,
-                        drop_remainder: bool = True, worker_count: int = 0,
-                        require_text: bool = False, num_threads: int = 1,
-                        prefetch: int = 2) -> BatchIterator:
+def make_train_iterator(
+    source,
+    *,
+    global_batch_size: int,
+    seed: int,
+    sharding=None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_epochs: int | None = None,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    worker_count: int = 0,
+    require_text: bool = False,
+    num_threads: int = 1,
+    prefetch: int = 2,
+) -> BatchIterator:
     """Training batches: seeded per-epoch shuffle, one sampled paraphrase, sharded by process.
 
     `sharding`: a ``NamedSharding`` whose first axis is the batch; batches become global
@@ -352,19 +433,41 @@ def make_train_iterator(source, *, global_batch_size: int, seed: int, sharding=N
     """
     shard_index, shard_count = _shards(shard_index, shard_count)
     positions = text_indices(source) if require_text else np.arange(len(source), dtype=np.int64)
-    reader = LocalBatchReader(source, positions, global_batch_size=global_batch_size,
-                              shard_index=shard_index, shard_count=shard_count,
-                              drop_remainder=drop_remainder, seed=seed, shuffle=shuffle,
-                              paraphrase="sample")
-    return BatchIterator(reader, num_epochs=num_epochs, sharding=sharding,
-                         worker_count=worker_count, num_threads=num_threads, prefetch=prefetch,
-                         drop_remainder=drop_remainder, require_text=require_text)
+    reader = LocalBatchReader(
+        source,
+        positions,
+        global_batch_size=global_batch_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        drop_remainder=drop_remainder,
+        seed=seed,
+        shuffle=shuffle,
+        paraphrase="sample",
+    )
+    return BatchIterator(
+        reader,
+        num_epochs=num_epochs,
+        sharding=sharding,
+        worker_count=worker_count,
+        num_threads=num_threads,
+        prefetch=prefetch,
+        drop_remainder=drop_remainder,
+        require_text=require_text,
+    )
 
 
-def make_eval_batches(source, batch_size: int, *, sharding=None, shard_index: int | None = None,
-                      shard_count: int | None = None, require_text: bool = False,
-                      worker_count: int = 0, num_threads: int = 1,
-                      prefetch: int = 2) -> BatchIterator:
+def make_eval_batches(
+    source,
+    batch_size: int,
+    *,
+    sharding=None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    require_text: bool = False,
+    worker_count: int = 0,
+    num_threads: int = 1,
+    prefetch: int = 2,
+) -> BatchIterator:
     """One deterministic, unshuffled pass over the whole split, the last batch padded.
 
     `batch_size` is global; padding rows have ``valid`` False, ``index``/``label`` -1 and zeros
@@ -372,12 +475,27 @@ def make_eval_batches(source, batch_size: int, *, sharding=None, shard_index: in
     """
     shard_index, shard_count = _shards(shard_index, shard_count)
     positions = text_indices(source) if require_text else np.arange(len(source), dtype=np.int64)
-    reader = LocalBatchReader(source, positions, global_batch_size=batch_size,
-                              shard_index=shard_index, shard_count=shard_count,
-                              drop_remainder=False, seed=0, shuffle=False, paraphrase="first")
-    return BatchIterator(reader, num_epochs=1, sharding=sharding, worker_count=worker_count,
-                         num_threads=num_threads, prefetch=prefetch, drop_remainder=False,
-                         require_text=require_text)
+    reader = LocalBatchReader(
+        source,
+        positions,
+        global_batch_size=batch_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        drop_remainder=False,
+        seed=0,
+        shuffle=False,
+        paraphrase="first",
+    )
+    return BatchIterator(
+        reader,
+        num_epochs=1,
+        sharding=sharding,
+        worker_count=worker_count,
+        num_threads=num_threads,
+        prefetch=prefetch,
+        drop_remainder=False,
+        require_text=require_text,
+    )
 
 
 def iterate_numpy(it: Iterator[dict[str, Any]], num_batches: int) -> list[dict[str, np.ndarray]]:

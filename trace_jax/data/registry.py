@@ -1,4 +1,5 @@
 """The TFDS builders this package ships, by data-set name."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,7 +11,7 @@ BUILDERS = {
 
 
 def builder_class(name: str):
-  if name not in BUILDERS:
-    raise ValueError(f"unknown data set {name!r}; choose from {sorted(BUILDERS)}")
-  module, cls = BUILDERS[name].split(":")
-  return getattr(importlib.import_module(module), cls)
+    if name not in BUILDERS:
+        raise ValueError(f"unknown data set {name!r}; choose from {sorted(BUILDERS)}")
+    module, cls = BUILDERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,4 +1,5 @@
 """Random-access sources for the configured data set: the synthetic set or a built TFDS set."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -9,25 +10,36 @@ from trace_jax.data.text_cache import TextEmbeddingCache
 
 
 def load_sources(data: ml_collections.ConfigDict):
-  """(train, validation) sources yielding examples in the shared schema (docs/data_schema.md)."""
-  if data.name == "synthetic":
-    splits = synthetic_splits(data.num_synthetic_train, data.num_synthetic_validation, seed=0,
-                              text_cache=TextEmbeddingCache(data.text_cache_dir or None))
-    return splits["train"], splits["validation"]
-  if data.name not in registry.BUILDERS:
-    raise ValueError(f"unknown data set {data.name!r}; choose synthetic or one of "
-                     f"{sorted(registry.BUILDERS)}")
-  if not data.data_dir:
-    raise ValueError(
-        f"config.data.data_dir is empty: build {data.name} first with "
-        f"`python -m trace_jax.data.build --dataset={data.name} --manual_dir=... "
-        "--data_dir=DIR` and pass --config.data.data_dir=DIR")
-  builder = registry.builder_class(data.name)(
-      data_dir=data.data_dir, config=data.builder_config or None)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-        f"{data.name}/{builder.builder_config.name} is not built under {data.data_dir}: run "
-        f"`python -m trace_jax.data.build --dataset={data.name} --data_dir={data.data_dir} "
-        "--manual_dir=...` first")
-  return (builder.as_data_source(split=data.train_split),
-          builder.as_data_source(split=data.validation_split))
+    """(train, validation) sources yielding examples in the shared schema (docs/data_schema.md)."""
+    if data.name == "synthetic":
+        splits = synthetic_splits(
+            data.num_synthetic_train,
+            data.num_synthetic_validation,
+            seed=0,
+            text_cache=TextEmbeddingCache(data.text_cache_dir or None),
+        )
+        return splits["train"], splits["validation"]
+    if data.name not in registry.BUILDERS:
+        raise ValueError(
+            f"unknown data set {data.name!r}; choose synthetic or one of "
+            f"{sorted(registry.BUILDERS)}"
+        )
+    if not data.data_dir:
+        raise ValueError(
+            f"config.data.data_dir is empty: build {data.name} first with "
+            f"`python -m trace_jax.data.build --dataset={data.name} --manual_dir=... "
+            "--data_dir=DIR` and pass --config.data.data_dir=DIR"
+        )
+    builder = registry.builder_class(data.name)(
+        data_dir=data.data_dir, config=data.builder_config or None
+    )
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"{data.name}/{builder.builder_config.name} is not built under {data.data_dir}: run "
+            f"`python -m trace_jax.data.build --dataset={data.name} --data_dir={data.data_dir} "
+            "--manual_dir=...` first"
+        )
+    return (
+        builder.as_data_source(split=data.train_split),
+        builder.as_data_source(split=data.validation_split),
+    )

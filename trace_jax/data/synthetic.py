@@ -56,6 +56,7 @@ depend on the number of examples; the train and validation splits draw from diff
 All distinct texts are embedded once at construction through a ``TextEmbeddingCache``; the data
 source then holds only numpy arrays (it is cheap to copy into Grain worker processes).
 """
+
 from __future__ import annotations
 
 import operator
@@ -95,23 +96,44 @@ _TREND = {
     TREND_FLAT: ("holds steady", "stays roughly level", "shows no clear trend"),
 }
 _SHIFT = {
-    SHIFT_UP: ("steps up abruptly halfway through", "jumps to a higher level midway",
-               "shifts upward in the middle"),
-    SHIFT_DOWN: ("steps down abruptly halfway through", "drops to a lower level midway",
-                 "shifts downward in the middle"),
+    SHIFT_UP: (
+        "steps up abruptly halfway through",
+        "jumps to a higher level midway",
+        "shifts upward in the middle",
+    ),
+    SHIFT_DOWN: (
+        "steps down abruptly halfway through",
+        "drops to a lower level midway",
+        "shifts downward in the middle",
+    ),
 }
-_CYCLE_WITH = ("with a strong daily cycle", "with pronounced day-night swings",
-               "following a clear 24-hour rhythm")
+_CYCLE_WITH = (
+    "with a strong daily cycle",
+    "with pronounced day-night swings",
+    "following a clear 24-hour rhythm",
+)
 _NO_CYCLE_WITH = ("with no daily cycle", "without a daily pattern", "with no regular daily swing")
-_CYCLE_VERB = ("cycles strongly through the day", "swings between day and night",
-               "follows a clear 24-hour rhythm")
+_CYCLE_VERB = (
+    "cycles strongly through the day",
+    "swings between day and night",
+    "follows a clear 24-hour rhythm",
+)
 _SPIKE = {
-    SPIKE_START: ("spikes sharply at the start", "shows a sudden spike early on",
-                  "has a brief surge at the beginning"),
-    SPIKE_MIDDLE: ("spikes sharply in the middle", "shows a sudden spike midway",
-                   "has a brief surge mid-window"),
-    SPIKE_END: ("spikes sharply near the end", "shows a sudden spike late in the window",
-                "has a brief surge at the end"),
+    SPIKE_START: (
+        "spikes sharply at the start",
+        "shows a sudden spike early on",
+        "has a brief surge at the beginning",
+    ),
+    SPIKE_MIDDLE: (
+        "spikes sharply in the middle",
+        "shows a sudden spike midway",
+        "has a brief surge mid-window",
+    ),
+    SPIKE_END: (
+        "spikes sharply near the end",
+        "shows a sudden spike late in the window",
+        "has a brief surge at the end",
+    ),
 }
 _NOISE = {
     NOISE_LOW: ("The signal is smooth.", "Noise is low.", "Fluctuations are small."),
@@ -133,8 +155,7 @@ def _movement(trend: int, shift: int, v: int) -> str | None:
     return None
 
 
-def channel_text(c: int, trend: int, shift: int, cycle: int, spike: int, noise: int,
-                 v: int) -> str:
+def channel_text(c: int, trend: int, shift: int, cycle: int, spike: int, noise: int, v: int) -> str:
     """Full description of one channel in template v (0..2)."""
     movement = _movement(trend, shift, v) or _TREND[TREND_FLAT][v]
     text = f"{_capitalise(CHANNELS[c])} {movement} {(_CYCLE_WITH if cycle else _NO_CYCLE_WITH)[v]}"
@@ -156,8 +177,7 @@ def channel_fragment(c: int, trend: int, shift: int, cycle: int, spike: int, v: 
 
 
 def salience(trend: int, shift: int, cycle: int, spike: int) -> int:
-    return (3 * (spike != SPIKE_NONE) + 2 * (trend != TREND_FLAT or shift != SHIFT_NONE)
-            + int(cycle))
+    return 3 * (spike != SPIKE_NONE) + 2 * (trend != TREND_FLAT or shift != SHIFT_NONE) + int(cycle)
 
 
 def _draw_example(rng: np.random.Generator, captioned_p: float) -> dict:
@@ -165,8 +185,7 @@ def _draw_example(rng: np.random.Generator, captioned_p: float) -> dict:
     c_n, t_n = NUM_CHANNELS, NUM_STEPS
     t = np.arange(t_n, dtype=np.float64)
     trend = rng.choice(3, size=c_n, p=(0.4, 0.3, 0.3))
-    shift = np.where(trend == TREND_FLAT, rng.choice(3, size=c_n, p=(0.7, 0.15, 0.15)),
-                     SHIFT_NONE)
+    shift = np.where(trend == TREND_FLAT, rng.choice(3, size=c_n, p=(0.7, 0.15, 0.15)), SHIFT_NONE)
     cycle = (rng.random(c_n) < 0.5).astype(np.int64)
     spike = rng.choice(4, size=c_n, p=(0.7, 0.1, 0.1, 0.1))
     noise = (rng.random(c_n) < 0.4).astype(np.int64)
@@ -203,7 +222,7 @@ def _draw_example(rng: np.random.Generator, captioned_p: float) -> dict:
             for _ in range(10):
                 start = int(rng.integers(0, t_n - length + 1))
                 if not start - 2 <= centre < start + length + 2:
-                    observed[c, start:start + length] = False
+                    observed[c, start : start + length] = False
                     break
     if rng.random() < 0.08:
         observed[int(rng.integers(c_n))] = False
@@ -230,11 +249,17 @@ def _draw_example(rng: np.random.Generator, captioned_p: float) -> dict:
         variants = rng.integers(0, NUM_PARAPHRASES, c_n)
         for c in range(c_n):
             if live[c]:
-                channel_texts[c] = channel_text(c, trend[c], shift[c], cycle[c], spike[c],
-                                                noise[c], int(variants[c]))
-    return dict(series=series.astype(np.float32), observed=observed, texts=texts,
-                channel_texts=channel_texts, label=label,
-                attrs=np.stack([trend, shift, cycle, spike, noise]).astype(np.int32))
+                channel_texts[c] = channel_text(
+                    c, trend[c], shift[c], cycle[c], spike[c], noise[c], int(variants[c])
+                )
+    return dict(
+        series=series.astype(np.float32),
+        observed=observed,
+        texts=texts,
+        channel_texts=channel_texts,
+        label=label,
+        attrs=np.stack([trend, shift, cycle, spike, noise]).astype(np.int32),
+    )
 
 
 class SyntheticCaptioned:
@@ -246,9 +271,16 @@ class SyntheticCaptioned:
     examples (the pipeline uses ``num_texts`` to filter uncaptioned examples cheaply).
     """
 
-    def __init__(self, num_examples: int, seed: int,
-                 text_cache: TextEmbeddingCache | None = None, *, split: str = "train",
-                 first_window: int = 0, uncaptioned_fraction: float = 0.1):
+    def __init__(
+        self,
+        num_examples: int,
+        seed: int,
+        text_cache: TextEmbeddingCache | None = None,
+        *,
+        split: str = "train",
+        first_window: int = 0,
+        uncaptioned_fraction: float = 0.1,
+    ):
         if num_examples < 0:
             raise ValueError(f"num_examples must be >= 0, got {num_examples}")
         if split not in SPLITS:
@@ -266,13 +298,18 @@ class SyntheticCaptioned:
             rng = np.random.default_rng([self.seed, SPLITS[split], k])
             ex = _draw_example(rng, 1.0 - uncaptioned_fraction)
             self.series[k], self.observed[k], self.labels[k] = (
-                ex["series"], ex["observed"], ex["label"])
+                ex["series"],
+                ex["observed"],
+                ex["label"],
+            )
             self.num_texts[k] = len(ex["texts"])
             attrs[k] = ex["attrs"]
             texts.append(ex["texts"])
             channel_texts.append(ex["channel_texts"])
-        self.attributes = {name: attrs[:, i] for i, name in
-                           enumerate(("trend", "shift", "cycle", "spike", "noise"))}
+        self.attributes = {
+            name: attrs[:, i]
+            for i, name in enumerate(("trend", "shift", "cycle", "spike", "noise"))
+        }
 
         distinct = sorted({s for row in texts + channel_texts for s in row if s})
         rows = {s: i for i, s in enumerate(distinct)}
@@ -325,17 +362,24 @@ class SyntheticCaptioned:
         return [self[i] for i in indices]
 
     def __repr__(self) -> str:
-        return (f"SyntheticCaptioned(num_examples={len(self)}, seed={self.seed}, "
-                f"split={self.split!r})")
+        return (
+            f"SyntheticCaptioned(num_examples={len(self)}, seed={self.seed}, "
+            f"split={self.split!r})"
+        )
 
 
-def synthetic_splits(num_train: int, num_validation: int, seed: int,
-                     text_cache: TextEmbeddingCache | None = None,
-                     **kwargs) -> dict[str, SyntheticCaptioned]:
+def synthetic_splits(
+    num_train: int,
+    num_validation: int,
+    seed: int,
+    text_cache: TextEmbeddingCache | None = None,
+    **kwargs,
+) -> dict[str, SyntheticCaptioned]:
     """Train and validation splits: different random streams, validation windows after train."""
     cache = text_cache if text_cache is not None else TextEmbeddingCache()
     return {
         "train": SyntheticCaptioned(num_train, seed, cache, split="train", **kwargs),
-        "validation": SyntheticCaptioned(num_validation, seed, cache, split="validation",
-                                         first_window=num_train, **kwargs),
+        "validation": SyntheticCaptioned(
+            num_validation, seed, cache, split="validation", first_window=num_train, **kwargs
+        ),
     }

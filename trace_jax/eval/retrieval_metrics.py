@@ -5,6 +5,7 @@ Both functions accept numpy or JAX arrays and walk the queries in chunks of rows
 a candidate scoring exactly as high as a relevant one is ranked ahead of it. Results are
 plain Python floats.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Sequence
@@ -41,8 +42,9 @@ def _check_ks(ks: Sequence[int]) -> tuple:
     return ks
 
 
-def exact_pair_metrics(sim, ks: Sequence[int] = (1, 5, 10), *,
-                       chunk_size: int = 1024) -> Dict[str, float]:
+def exact_pair_metrics(
+    sim, ks: Sequence[int] = (1, 5, 10), *, chunk_size: int = 1024
+) -> Dict[str, float]:
     """hit@k and MRR where query i's only correct candidate is candidate i.
 
     The rank of the positive is 1 + the number of other candidates whose score is >= its own.
@@ -50,8 +52,9 @@ def exact_pair_metrics(sim, ks: Sequence[int] = (1, 5, 10), *,
     """
     nq, nc = _shape(sim)
     if nq > nc:
-        raise ValueError(f"query i pairs with candidate i: need n_queries <= n_candidates, "
-                         f"got {nq} > {nc}")
+        raise ValueError(
+            f"query i pairs with candidate i: need n_queries <= n_candidates, " f"got {nq} > {nc}"
+        )
     ks = _check_ks(ks)
     ranks = np.zeros(nq, np.int64)  # one int per query; the blocks are never kept
     for rows in _chunks(nq, chunk_size):
@@ -67,8 +70,15 @@ def exact_pair_metrics(sim, ks: Sequence[int] = (1, 5, 10), *,
     return out
 
 
-def label_metrics(sim, query_labels, candidate_labels, ks: Sequence[int] = (1, 5),
-                  exclude_self: bool = False, *, chunk_size: int = 1024) -> Dict[str, float]:
+def label_metrics(
+    sim,
+    query_labels,
+    candidate_labels,
+    ks: Sequence[int] = (1, 5),
+    exclude_self: bool = False,
+    *,
+    chunk_size: int = 1024,
+) -> Dict[str, float]:
     """Label precision@k and label MRR.
 
     label_p@k: fraction of the top-k candidates whose label equals the query's, averaged over

@@ -5,6 +5,7 @@ for the backward pass (exp(-x^2), the erf expansion, selects); this version keep
 recomputes the derivative, Phi(x) + x phi(x), in the backward pass. Same values as
 `jax.nn.gelu(x, approximate=False)` (tested), ~20% less peak memory for the encoder's step.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,17 +16,17 @@ import jax.numpy as jnp
 
 @jax.custom_vjp
 def gelu(x):
-  return jax.nn.gelu(x, approximate=False)
+    return jax.nn.gelu(x, approximate=False)
 
 
 def _gelu_fwd(x):
-  return gelu(x), x
+    return gelu(x), x
 
 
 def _gelu_bwd(x, grad):
-  cdf = 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
-  pdf = jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-  return (grad * (cdf + x * pdf),)
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return (grad * (cdf + x * pdf),)
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)

@@ -2,6 +2,7 @@
 
 Every query may always read itself, so no row is empty and no mask pattern yields NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,75 +21,81 @@ Dropout = Callable[[Array], Array]
 
 
 def _attend(q, k, v, allowed, dropout: Dropout, scores_spec: str, out_spec: str):
-  """softmax(q k^T / sqrt(hd), masked) v, with scores and softmax in float32."""
-  scores = jnp.einsum(scores_spec, q, k, preferred_element_type=jnp.float32)
-  scores = scores / math.sqrt(q.shape[-1])
-  scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-  probs = dropout(jax.nn.softmax(scores, axis=-1))
-  return jnp.einsum(out_spec, probs.astype(v.dtype), v)
+    """softmax(q k^T / sqrt(hd), masked) v, with scores and softmax in float32."""
+    scores = jnp.einsum(scores_spec, q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(q.shape[-1])
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(scores, axis=-1))
+    return jnp.einsum(out_spec, probs.astype(v.dtype), v)
 
 
 def dense_attention(q, k, v, key_valid, layout: TokenLayout, mode: str, dropout: Dropout):
-  """q, k, v (B, L, H, hd); the (L, L) mask of `mode` combined with key padding."""
-  eye = np.eye(layout.length, dtype=bool)
-  structural = layout.structural_mask(mode)
-  allowed = structural[None] & (key_valid[:, None, :] | eye[None])  # (B, L, L)
-  return _attend(q, k, v, allowed[:, None], dropout,
-                 "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd")
+    """q, k, v (B, L, H, hd); the (L, L) mask of `mode` combined with key padding."""
+    eye = np.eye(layout.length, dtype=bool)
+    structural = layout.structural_mask(mode)
+    allowed = structural[None] & (key_valid[:, None, :] | eye[None])  # (B, L, L)
+    return _attend(q, k, v, allowed[:, None], dropout, "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd")
 
 
 def block_diagonal_attention(q, k, v, key_valid, layout: TokenLayout, dropout: Dropout):
-  """The block-diagonal mask without building it: cost linear in the number of channels.
+    """The block-diagonal mask without building it: cost linear in the number of channels.
 
-  Channel tokens attend as B*C independent sequences of N+1 tokens (their CIT and patches);
-  [CLS] is one query over every key of its sample.
-  """
-  b, _, h, hd = q.shape
-  c, s = layout.num_channels, layout.channel_length
+    Channel tokens attend as B*C independent sequences of N+1 tokens (their CIT and patches);
+    [CLS] is one query over every key of its sample.
+    """
+    b, _, h, hd = q.shape
+    c, s = layout.num_channels, layout.channel_length
 
-  def per_channel(x):
-    return x[:, 1:].reshape(b, c, s, h, hd)
+    def per_channel(x):
+        return x[:, 1:].reshape(b, c, s, h, hd)
 
-  valid = key_valid[:, 1:].reshape(b, c, s)
-  allowed = valid[:, :, None, :] | np.eye(s, dtype=bool)  # (B, C, S, S)
-  channel_out = _attend(per_channel(q), per_channel(k), per_channel(v),
-                        allowed[:, :, None], dropout,
-                        "bcqhd,bckhd->bchqk", "bchqk,bckhd->bcqhd")
-  cls_out = _attend(q[:, :1], k, v, key_valid[:, None, None, :], dropout,
-                    "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd")
-  return jnp.concatenate([cls_out, channel_out.reshape(b, c * s, h, hd)], axis=1)
+    valid = key_valid[:, 1:].reshape(b, c, s)
+    allowed = valid[:, :, None, :] | np.eye(s, dtype=bool)  # (B, C, S, S)
+    channel_out = _attend(
+        per_channel(q),
+        per_channel(k),
+        per_channel(v),
+        allowed[:, :, None],
+        dropout,
+        "bcqhd,bckhd->bchqk",
+        "bchqk,bckhd->bcqhd",
+    )
+    cls_out = _attend(
+        q[:, :1], k, v, key_valid[:, None, None, :], dropout, "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
+    )
+    return jnp.concatenate([cls_out, channel_out.reshape(b, c * s, h, hd)], axis=1)
 
 
 class ChannelBiasedAttention(nn.Module):
-  """Multi-head self-attention over the TRACE token sequence with RoPE and a channel bias.
+    """Multi-head self-attention over the TRACE token sequence with RoPE and a channel bias.
 
-  Kernels stay 2-D (d, d) and heads come from reshapes: >2-D kernels break partitioning
-  under `jax.set_mesh` in flax 0.12.
-  """
+    Kernels stay 2-D (d, d) and heads come from reshapes: >2-D kernels break partitioning
+    under `jax.set_mesh` in flax 0.12.
+    """
 
-  num_heads: int
-  channel_bias: str
-  dropout_rate: float
-  dtype: jnp.dtype
+    num_heads: int
+    channel_bias: str
+    dropout_rate: float
+    dtype: jnp.dtype
 
-  @nn.compact
-  def __call__(self, h, layout: TokenLayout, key_valid, rope, deterministic: bool):
-    b, length, d = h.shape
-    hd = d // self.num_heads
+    @nn.compact
+    def __call__(self, h, layout: TokenLayout, key_valid, rope, deterministic: bool):
+        b, length, d = h.shape
+        hd = d // self.num_heads
 
-    def project(name):
-      x = nn.Dense(d, dtype=self.dtype, name=name)(h)
-      return x.reshape(b, length, self.num_heads, hd)
+        def project(name):
+            x = nn.Dense(d, dtype=self.dtype, name=name)(h)
+            return x.reshape(b, length, self.num_heads, hd)
 
-    cos, sin = rope
-    q = apply_rope(project("query"), cos, sin)
-    k = apply_rope(project("key"), cos, sin)
-    v = project("value")
+        cos, sin = rope
+        q = apply_rope(project("query"), cos, sin)
+        k = apply_rope(project("key"), cos, sin)
+        v = project("value")
 
-    drop = nn.Dropout(self.dropout_rate)
-    dropout = lambda p: drop(p, deterministic=deterministic)
-    if self.channel_bias == "block_diagonal":
-      out = block_diagonal_attention(q, k, v, key_valid, layout, dropout)
-    else:
-      out = dense_attention(q, k, v, key_valid, layout, self.channel_bias, dropout)
-    return nn.Dense(d, dtype=self.dtype, name="out")(out.reshape(b, length, d))
+        drop = nn.Dropout(self.dropout_rate)
+        dropout = lambda p: drop(p, deterministic=deterministic)
+        if self.channel_bias == "block_diagonal":
+            out = block_diagonal_attention(q, k, v, key_valid, layout, dropout)
+        else:
+            out = dense_attention(q, k, v, key_valid, layout, self.channel_bias, dropout)
+        return nn.Dense(d, dtype=self.dtype, name="out")(out.reshape(b, length, d))

@@ -3,6 +3,7 @@
 The exact forward pass is specified in docs/encoder_spec.md and checked against the independent
 float64 numpy model in tests/numpy_reference.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,184 +26,207 @@ LAYER_NORM_EPS = 1e-5
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-  """Encoder hyper-parameters; defaults are the paper size."""
+    """Encoder hyper-parameters; defaults are the paper size."""
 
-  patch_len: int = 6
-  d_model: int = 384
-  num_heads: int = 6
-  num_layers: int = 6
-  mlp_dim: int = 1536
-  num_channels: int = 64  # size of the CIT table: the largest channel id + 1
-  channel_bias: str = "block_diagonal"
-  rope_fraction: float = 0.5  # share of each head's dims rotated (public code: half)
-  rope_base: float = 10000.0
-  dropout: float = 0.1
-  attention_dropout: float = 0.0
-  dtype: str = "float32"  # compute dtype; parameters are always float32
-  # Recompute each block's activations in the backward pass instead of keeping them: memory
-  # per layer drops from all intermediates to the block input.
-  remat: bool = False
+    patch_len: int = 6
+    d_model: int = 384
+    num_heads: int = 6
+    num_layers: int = 6
+    mlp_dim: int = 1536
+    num_channels: int = 64  # size of the CIT table: the largest channel id + 1
+    channel_bias: str = "block_diagonal"
+    rope_fraction: float = 0.5  # share of each head's dims rotated (public code: half)
+    rope_base: float = 10000.0
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    # Recompute each block's activations in the backward pass instead of keeping them: memory
+    # per layer drops from all intermediates to the block input.
+    remat: bool = False
 
-  def __post_init__(self):
-    if self.channel_bias not in CHANNEL_BIAS_MODES:
-      raise ValueError(
-          f"channel_bias must be one of {CHANNEL_BIAS_MODES}, got {self.channel_bias!r}")
-    if self.d_model % self.num_heads:
-      raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
-    for name in ("patch_len", "d_model", "num_heads", "num_layers", "mlp_dim", "num_channels"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if not 0.0 <= self.rope_fraction <= 1.0:
-      raise ValueError(f"rope_fraction must be in [0, 1], got {self.rope_fraction}")
+    def __post_init__(self):
+        if self.channel_bias not in CHANNEL_BIAS_MODES:
+            raise ValueError(
+                f"channel_bias must be one of {CHANNEL_BIAS_MODES}, got {self.channel_bias!r}"
+            )
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}"
+            )
+        for name in ("patch_len", "d_model", "num_heads", "num_layers", "mlp_dim", "num_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.rope_fraction <= 1.0:
+            raise ValueError(f"rope_fraction must be in [0, 1], got {self.rope_fraction}")
 
-  @classmethod
-  def from_mapping(cls, m: Mapping[str, Any]) -> "EncoderConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(m) - known
-    if unknown:
-      raise ValueError(f"unknown encoder config keys {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**dict(m))
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(m) - known
+        if unknown:
+            raise ValueError(
+                f"unknown encoder config keys {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**dict(m))
 
 
-def check_inputs(config: EncoderConfig, series, observed=None, channel_ids=None,
-                 mask_patches=None) -> None:
-  """Raises ValueError naming what is wrong with the encoder's inputs (static checks)."""
-  shape = getattr(series, "shape", None)
-  if shape is None or len(shape) != 3:
-    raise ValueError(f"series must have rank 3 (batch, channels, time), got shape {shape}")
-  if not jnp.issubdtype(series.dtype, jnp.floating):
-    raise ValueError(f"series must be floating point, got dtype {series.dtype}")
-  b, c, t = shape
-  if c < 1 or t < 1:
-    raise ValueError(f"series needs at least one channel and one time step, got {shape}")
-  if observed is not None:
-    if tuple(observed.shape) != tuple(shape):
-      raise ValueError(f"observed has shape {observed.shape}, series has {shape}")
-    if observed.dtype != jnp.bool_:
-      raise ValueError(f"observed must be bool, got dtype {observed.dtype}")
-  if channel_ids is None:
-    if c > config.num_channels:
-      raise ValueError(
-          f"series has {c} channels but the CIT table holds {config.num_channels} "
-          "(model.num_channels); pass channel_ids or use a larger table")
-  else:
-    if tuple(channel_ids.shape) != (b, c):
-      raise ValueError(f"channel_ids must have shape {(b, c)}, got {channel_ids.shape}")
-    if not jnp.issubdtype(channel_ids.dtype, jnp.integer):
-      raise ValueError(f"channel_ids must be integers, got dtype {channel_ids.dtype}")
-    if not isinstance(channel_ids, jax.core.Tracer):
-      ids = np.asarray(channel_ids)
-      if ids.size and (ids.min() < 0 or ids.max() >= config.num_channels):
-        raise ValueError(
-            f"channel_ids must lie in [0, {config.num_channels}), got "
-            f"[{ids.min()}, {ids.max()}]")
-  if mask_patches is not None:
-    n = -(-t // config.patch_len)
-    if tuple(mask_patches.shape) != (b, c, n):
-      raise ValueError(f"mask_patches must have shape {(b, c, n)}, got {mask_patches.shape}")
+def check_inputs(
+    config: EncoderConfig, series, observed=None, channel_ids=None, mask_patches=None
+) -> None:
+    """Raises ValueError naming what is wrong with the encoder's inputs (static checks)."""
+    shape = getattr(series, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(f"series must have rank 3 (batch, channels, time), got shape {shape}")
+    if not jnp.issubdtype(series.dtype, jnp.floating):
+        raise ValueError(f"series must be floating point, got dtype {series.dtype}")
+    b, c, t = shape
+    if c < 1 or t < 1:
+        raise ValueError(f"series needs at least one channel and one time step, got {shape}")
+    if observed is not None:
+        if tuple(observed.shape) != tuple(shape):
+            raise ValueError(f"observed has shape {observed.shape}, series has {shape}")
+        if observed.dtype != jnp.bool_:
+            raise ValueError(f"observed must be bool, got dtype {observed.dtype}")
+    if channel_ids is None:
+        if c > config.num_channels:
+            raise ValueError(
+                f"series has {c} channels but the CIT table holds {config.num_channels} "
+                "(model.num_channels); pass channel_ids or use a larger table"
+            )
+    else:
+        if tuple(channel_ids.shape) != (b, c):
+            raise ValueError(f"channel_ids must have shape {(b, c)}, got {channel_ids.shape}")
+        if not jnp.issubdtype(channel_ids.dtype, jnp.integer):
+            raise ValueError(f"channel_ids must be integers, got dtype {channel_ids.dtype}")
+        if not isinstance(channel_ids, jax.core.Tracer):
+            ids = np.asarray(channel_ids)
+            if ids.size and (ids.min() < 0 or ids.max() >= config.num_channels):
+                raise ValueError(
+                    f"channel_ids must lie in [0, {config.num_channels}), got "
+                    f"[{ids.min()}, {ids.max()}]"
+                )
+    if mask_patches is not None:
+        n = -(-t // config.patch_len)
+        if tuple(mask_patches.shape) != (b, c, n):
+            raise ValueError(f"mask_patches must have shape {(b, c, n)}, got {mask_patches.shape}")
 
 
 class Mlp(nn.Module):
-  mlp_dim: int
-  dtype: jnp.dtype
+    mlp_dim: int
+    dtype: jnp.dtype
 
-  @nn.compact
-  def __call__(self, h):
-    d = h.shape[-1]
-    h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(h)
-    h = gelu(h)
-    return nn.Dense(d, dtype=self.dtype, name="fc2")(h)
+    @nn.compact
+    def __call__(self, h):
+        d = h.shape[-1]
+        h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(h)
+        h = gelu(h)
+        return nn.Dense(d, dtype=self.dtype, name="fc2")(h)
 
 
 class EncoderBlock(nn.Module):
-  """Post-LN transformer block (as the public code): LN(h + attn(h)), LN(h + mlp(h))."""
+    """Post-LN transformer block (as the public code): LN(h + attn(h)), LN(h + mlp(h))."""
 
-  config: EncoderConfig
+    config: EncoderConfig
 
-  @nn.compact
-  def __call__(self, h, layout, key_valid, rope, deterministic: bool):
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    drop = nn.Dropout(cfg.dropout)
-    attn = ChannelBiasedAttention(cfg.num_heads, cfg.channel_bias, cfg.attention_dropout,
-                                  dtype, name="attention")(
-                                      h, layout, key_valid, rope, deterministic)
-    norm = lambda name: nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name=name)
-    h = norm("attention_norm")(h + drop(attn, deterministic=deterministic))
-    mlp = Mlp(cfg.mlp_dim, dtype, name="mlp")(h)
-    return norm("mlp_norm")(h + drop(mlp, deterministic=deterministic))
+    @nn.compact
+    def __call__(self, h, layout, key_valid, rope, deterministic: bool):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        drop = nn.Dropout(cfg.dropout)
+        attn = ChannelBiasedAttention(
+            cfg.num_heads, cfg.channel_bias, cfg.attention_dropout, dtype, name="attention"
+        )(h, layout, key_valid, rope, deterministic)
+        norm = lambda name: nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name=name)
+        h = norm("attention_norm")(h + drop(attn, deterministic=deterministic))
+        mlp = Mlp(cfg.mlp_dim, dtype, name="mlp")(h)
+        return norm("mlp_norm")(h + drop(mlp, deterministic=deterministic))
 
 
 def _masked_mean(x, valid, axis):
-  w = valid.astype(x.dtype)[..., None]
-  return (x * w).sum(axis) / jnp.maximum(w.sum(axis), 1.0)
+    w = valid.astype(x.dtype)[..., None]
+    return (x * w).sum(axis) / jnp.maximum(w.sum(axis), 1.0)
 
 
 class TraceEncoder(nn.Module):
-  """Series (B, C, T) -> [CLS], per-channel CIT and patch-token embeddings.
+    """Series (B, C, T) -> [CLS], per-channel CIT and patch-token embeddings.
 
-  Call with `model.apply(params, series, observed, channel_ids, mask_patches,
-  deterministic=False, rngs={'dropout': key})` for training; defaults are evaluation mode.
-  """
+    Call with `model.apply(params, series, observed, channel_ids, mask_patches,
+    deterministic=False, rngs={'dropout': key})` for training; defaults are evaluation mode.
+    """
 
-  config: EncoderConfig
+    config: EncoderConfig
 
-  @nn.compact
-  def __call__(self, series, observed=None, channel_ids=None, mask_patches=None,
-               *, deterministic: bool = True):
-    cfg = self.config
-    check_inputs(cfg, series, observed, channel_ids, mask_patches)
-    b, c, _ = series.shape
-    series = series.astype(jnp.float32)
-    if observed is None:
-      observed = jnp.ones(series.shape, bool)
-    if channel_ids is None:
-      channel_ids = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (b, c))
+    @nn.compact
+    def __call__(
+        self,
+        series,
+        observed=None,
+        channel_ids=None,
+        mask_patches=None,
+        *,
+        deterministic: bool = True,
+    ):
+        cfg = self.config
+        check_inputs(cfg, series, observed, channel_ids, mask_patches)
+        b, c, _ = series.shape
+        series = series.astype(jnp.float32)
+        if observed is None:
+            observed = jnp.ones(series.shape, bool)
+        if channel_ids is None:
+            channel_ids = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (b, c))
 
-    normalised, obs, mean, std = revin(series, observed)
-    patches, patch_observed = patchify(normalised, obs, cfg.patch_len)
-    patch_valid = patch_observed.any(-1)  # (B, C, N)
-    channel_valid = patch_valid.any(-1)  # (B, C)
-    n = patches.shape[2]
-    layout = TokenLayout(c, n)
+        normalised, obs, mean, std = revin(series, observed)
+        patches, patch_observed = patchify(normalised, obs, cfg.patch_len)
+        patch_valid = patch_observed.any(-1)  # (B, C, N)
+        channel_valid = patch_valid.any(-1)  # (B, C)
+        n = patches.shape[2]
+        layout = TokenLayout(c, n)
 
-    dtype = jnp.dtype(cfg.dtype)
-    init = nn.initializers.normal(0.02)
-    mask_embedding = self.param("mask_embedding", init, (cfg.d_model,))
-    cls_token = self.param("cls_token", init, (cfg.d_model,))
-    tokens = nn.Dense(cfg.d_model, dtype=dtype, name="patch_embed")(patches)
-    if mask_patches is not None:
-      tokens = jnp.where(mask_patches[..., None], mask_embedding.astype(dtype), tokens)
-    cit = nn.Embed(cfg.num_channels, cfg.d_model, embedding_init=init, dtype=dtype,
-                   name="channel_identity")(channel_ids)
-    per_channel = jnp.concatenate([cit[:, :, None], tokens], axis=2)  # (B, C, N+1, d)
-    h = jnp.concatenate([
-        jnp.broadcast_to(cls_token.astype(dtype), (b, 1, cfg.d_model)),
-        per_channel.reshape(b, c * (n + 1), cfg.d_model),
-    ], axis=1)
+        dtype = jnp.dtype(cfg.dtype)
+        init = nn.initializers.normal(0.02)
+        mask_embedding = self.param("mask_embedding", init, (cfg.d_model,))
+        cls_token = self.param("cls_token", init, (cfg.d_model,))
+        tokens = nn.Dense(cfg.d_model, dtype=dtype, name="patch_embed")(patches)
+        if mask_patches is not None:
+            tokens = jnp.where(mask_patches[..., None], mask_embedding.astype(dtype), tokens)
+        cit = nn.Embed(
+            cfg.num_channels, cfg.d_model, embedding_init=init, dtype=dtype, name="channel_identity"
+        )(channel_ids)
+        per_channel = jnp.concatenate([cit[:, :, None], tokens], axis=2)  # (B, C, N+1, d)
+        h = jnp.concatenate(
+            [
+                jnp.broadcast_to(cls_token.astype(dtype), (b, 1, cfg.d_model)),
+                per_channel.reshape(b, c * (n + 1), cfg.d_model),
+            ],
+            axis=1,
+        )
 
-    key_valid = layout.key_valid(channel_valid, patch_valid)
-    rope = rope_tables(layout.positions, rotary_dims(cfg.d_model // cfg.num_heads,
-                                                     cfg.rope_fraction), cfg.rope_base)
-    # Static under remat: the layout (hashable) and the deterministic flag (self is argnum 0).
-    block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
-    for i in range(cfg.num_layers):
-      h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
+        key_valid = layout.key_valid(channel_valid, patch_valid)
+        rope = rope_tables(
+            layout.positions,
+            rotary_dims(cfg.d_model // cfg.num_heads, cfg.rope_fraction),
+            cfg.rope_base,
+        )
+        # Static under remat: the layout (hashable) and the deterministic flag (self is argnum 0).
+        block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
+        for i in range(cfg.num_layers):
+            h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
 
-    h = h.astype(jnp.float32)
-    per_channel = h[:, 1:].reshape(b, c, n + 1, cfg.d_model)
-    out_tokens = per_channel[:, :, 1:]
-    return {
-        "cls": h[:, 0],
-        "channels": per_channel[:, :, 0],
-        "tokens": out_tokens,
-        "channel_pooled": _masked_mean(out_tokens, patch_valid, axis=2),
-        "pooled": _masked_mean(out_tokens.reshape(b, c * n, -1),
-                               patch_valid.reshape(b, c * n), axis=1),
-        "patch_valid": patch_valid,
-        "channel_valid": channel_valid,
-        "revin_mean": mean,
-        "revin_std": std,
-        "patches": patches,
-        "patch_observed": patch_observed,
-    }
+        h = h.astype(jnp.float32)
+        per_channel = h[:, 1:].reshape(b, c, n + 1, cfg.d_model)
+        out_tokens = per_channel[:, :, 1:]
+        return {
+            "cls": h[:, 0],
+            "channels": per_channel[:, :, 0],
+            "tokens": out_tokens,
+            "channel_pooled": _masked_mean(out_tokens, patch_valid, axis=2),
+            "pooled": _masked_mean(
+                out_tokens.reshape(b, c * n, -1), patch_valid.reshape(b, c * n), axis=1
+            ),
+            "patch_valid": patch_valid,
+            "channel_valid": channel_valid,
+            "revin_mean": mean,
+            "revin_std": std,
+            "patches": patches,
+            "patch_observed": patch_observed,
+        }

@@ -19,6 +19,7 @@ Batches of ~1024 tokens keep the activations in cache and run ~1.4x faster per t
 rows of 96-128 tokens (512 and 2048 tokens were both a little slower). One compilation takes
 ~0.6-0.8 s of CPU, ``COMPILE_COST_TOKENS`` in the bucket choice.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,9 +54,7 @@ def _validate(texts) -> list[str]:
     try:
         texts = list(texts)
     except TypeError:
-        raise ValueError(
-            f"texts must be a list of str, got {type(texts).__name__}"
-        ) from None
+        raise ValueError(f"texts must be a list of str, got {type(texts).__name__}") from None
     if not texts:
         raise ValueError("texts is empty: nothing to embed")
     for i, t in enumerate(texts):
@@ -124,8 +123,15 @@ class TextEncoder:
         config = MiniLMConfig()
         params, sha = load_params(weights_path, config=config)
         tokenizer = MiniLMTokenizer(tokenizer_path, max_length=max_length)
-        return cls(params, tokenizer, sha, tokens_per_batch=tokens_per_batch,
-                   batch_size=batch_size, buckets=buckets, config=config)
+        return cls(
+            params,
+            tokenizer,
+            sha,
+            tokens_per_batch=tokens_per_batch,
+            batch_size=batch_size,
+            buckets=buckets,
+            config=config,
+        )
 
     @property
     def model_id(self) -> str:
@@ -218,11 +224,15 @@ class TextEncoder:
             for start, stop, length, n_rows in batches:
                 rows = order[start:stop]
                 batch = self.tokenizer.pad(
-                    [ids[i] for i in rows], [types[i] for i in rows],
-                    length=length, rows=n_rows,
+                    [ids[i] for i in rows],
+                    [types[i] for i in rows],
+                    length=length,
+                    rows=n_rows,
                 )
                 emb = self._forward(
-                    self.params, batch["input_ids"], batch["attention_mask"],
+                    self.params,
+                    batch["input_ids"],
+                    batch["attention_mask"],
                     batch["token_type_ids"],
                 )
                 self._compiled.add(length)
@@ -246,8 +256,11 @@ class TextEncoder:
         return self.embed(texts, progress=progress)
 
     def __repr__(self) -> str:
-        rows = (f"batch_size={self.batch_size}" if self.batch_size is not None
-                else f"tokens_per_batch={self.tokens_per_batch}")
+        rows = (
+            f"batch_size={self.batch_size}"
+            if self.batch_size is not None
+            else f"tokens_per_batch={self.tokens_per_batch}"
+        )
         return f"TextEncoder({self.model_id!r}, {rows})"
 
 

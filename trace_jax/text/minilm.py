@@ -19,6 +19,7 @@ Parameter tree (``params = model.init(...)``, or :func:`trace_jax.text.weights.l
       layer_{i}/output/{kernel,bias}
       layer_{i}/output_LayerNorm/{scale,bias}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,12 +93,30 @@ class Embeddings(nn.Module):
                 f"{cfg.max_position_embeddings}"
             )
         init = nn.initializers.normal(0.02)
-        word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init,
-                        dtype=jnp.float32, param_dtype=jnp.float32, name="word_embeddings")
-        pos = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init,
-                       dtype=jnp.float32, param_dtype=jnp.float32, name="position_embeddings")
-        typ = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init,
-                       dtype=jnp.float32, param_dtype=jnp.float32, name="token_type_embeddings")
+        word = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=init,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            name="word_embeddings",
+        )
+        pos = nn.Embed(
+            cfg.max_position_embeddings,
+            cfg.hidden_size,
+            embedding_init=init,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            name="position_embeddings",
+        )
+        typ = nn.Embed(
+            cfg.type_vocab_size,
+            cfg.hidden_size,
+            embedding_init=init,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            name="token_type_embeddings",
+        )
         positions = jnp.arange(seq_len, dtype=jnp.int32)[None, :]
         x = word(input_ids) + typ(token_type_ids) + pos(positions)
         return _layer_norm(cfg, "LayerNorm")(x)
@@ -124,9 +143,9 @@ class SelfAttention(nn.Module):
 
         scores = jnp.matmul(q, k.swapaxes(-1, -2), precision=_HIGHEST)  # (B, H, Lq, Lk)
         # A large negative (not -inf) on padded keys: an all-pad row stays finite (uniform).
-        bias = jnp.where(
-            attention_mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min
-        ).astype(jnp.float32)[:, None, None, :]
+        bias = jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min).astype(
+            jnp.float32
+        )[:, None, None, :]
         probs = jax.nn.softmax(scores + bias, axis=-1)
         ctx = jnp.matmul(probs, v, precision=_HIGHEST)  # (B, H, L, D)
         ctx = ctx.transpose(0, 2, 1, 3).reshape(b, l, h * d)

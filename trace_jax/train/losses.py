@@ -4,6 +4,7 @@ in-batch hard negatives), masked-patch reconstruction, and random patch masking.
 Everything here is pure JAX and jit-friendly; options that change array shapes
 (`hard_negatives`) must be static Python values.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, Union
@@ -32,7 +33,9 @@ def _parse_hard_negatives(hard_negatives: HardNegatives) -> Optional[int]:
         try:
             hard_negatives = int(hard_negatives)
         except ValueError:
-            raise ValueError(f"hard_negatives must be None, 'all' or an int, got {hard_negatives!r}")
+            raise ValueError(
+                f"hard_negatives must be None, 'all' or an int, got {hard_negatives!r}"
+            )
     if isinstance(hard_negatives, bool) or int(hard_negatives) != hard_negatives:
         raise ValueError(f"hard_negatives must be None, 'all' or an int, got {hard_negatives!r}")
     k = int(hard_negatives)
@@ -41,8 +44,9 @@ def _parse_hard_negatives(hard_negatives: HardNegatives) -> Optional[int]:
     return None if k == 0 else k
 
 
-def _direction(logits: jnp.ndarray, sim: jnp.ndarray, valid: jnp.ndarray,
-               k: Optional[int]) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def _direction(
+    logits: jnp.ndarray, sim: jnp.ndarray, valid: jnp.ndarray, k: Optional[int]
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Per-anchor InfoNCE and top-1 correctness with rows as anchors, columns as candidates.
 
     Returns (per_anchor_loss (n,), correct (n,) bool); both are meaningless for invalid anchors
@@ -55,8 +59,9 @@ def _direction(logits: jnp.ndarray, sim: jnp.ndarray, valid: jnp.ndarray,
         # Hard negatives: the K most similar valid cross-modal candidates other than the positive.
         scores = jax.lax.stop_gradient(jnp.where(negative, sim, -jnp.inf))
         top_vals, top_idx = jax.lax.top_k(scores, k)
-        picked = jnp.zeros((n, n), bool).at[jnp.arange(n)[:, None], top_idx].set(
-            jnp.isfinite(top_vals))  # slots filled with -inf (too few valid) are dropped
+        picked = (
+            jnp.zeros((n, n), bool).at[jnp.arange(n)[:, None], top_idx].set(jnp.isfinite(top_vals))
+        )  # slots filled with -inf (too few valid) are dropped
         negative = negative & picked
     keep = negative | eye  # the positive is always in the denominator
     lse = jax.nn.logsumexp(logits, axis=1, where=keep)
@@ -67,9 +72,14 @@ def _direction(logits: jnp.ndarray, sim: jnp.ndarray, valid: jnp.ndarray,
     return per_anchor, correct
 
 
-def info_nce(series_emb: jnp.ndarray, text_emb: jnp.ndarray, *, temperature: Any,
-             valid: Optional[jnp.ndarray] = None,
-             hard_negatives: HardNegatives = None) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+def info_nce(
+    series_emb: jnp.ndarray,
+    text_emb: jnp.ndarray,
+    *,
+    temperature: Any,
+    valid: Optional[jnp.ndarray] = None,
+    hard_negatives: HardNegatives = None,
+) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
     """Bidirectional InfoNCE; row i of `series_emb` and of `text_emb` form a positive pair.
 
     Both (n, d) inputs are L2-normalised here (a no-op for already normalised inputs), and all
@@ -88,8 +98,10 @@ def info_nce(series_emb: jnp.ndarray, text_emb: jnp.ndarray, *, temperature: Any
     and n_valid.
     """
     if series_emb.ndim != 2 or series_emb.shape != text_emb.shape:
-        raise ValueError(f"expected two (n, d) arrays of equal shape, got {series_emb.shape} "
-                         f"and {text_emb.shape}")
+        raise ValueError(
+            f"expected two (n, d) arrays of equal shape, got {series_emb.shape} "
+            f"and {text_emb.shape}"
+        )
     n = series_emb.shape[0]
     k = _parse_hard_negatives(hard_negatives)
     s = _l2_normalise(series_emb.astype(jnp.float32))
@@ -123,12 +135,18 @@ def info_nce(series_emb: jnp.ndarray, text_emb: jnp.ndarray, *, temperature: Any
     return loss, metrics
 
 
-def sample_and_channel_loss(cls_emb: jnp.ndarray, text_emb: jnp.ndarray,
-                            cit_emb: jnp.ndarray, channel_text_emb: jnp.ndarray, *,
-                            has_text: jnp.ndarray, channel_valid: jnp.ndarray,
-                            temperature: Any, channel_weight: Any,
-                            hard_negatives: HardNegatives = None
-                            ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+def sample_and_channel_loss(
+    cls_emb: jnp.ndarray,
+    text_emb: jnp.ndarray,
+    cit_emb: jnp.ndarray,
+    channel_text_emb: jnp.ndarray,
+    *,
+    has_text: jnp.ndarray,
+    channel_valid: jnp.ndarray,
+    temperature: Any,
+    channel_weight: Any,
+    hard_negatives: HardNegatives = None,
+) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
     """TRACE alignment loss
     L = 0.5 (L_s->t + L_t->s) + channel_weight * 0.5 (L^ch_s->t + L^ch_t->s).
 
@@ -141,18 +159,29 @@ def sample_and_channel_loss(cls_emb: jnp.ndarray, text_emb: jnp.ndarray,
     both levels.
     """
     b, c = channel_valid.shape
-    if cls_emb.shape[0] != b or cit_emb.shape[:2] != (b, c) or channel_text_emb.shape != cit_emb.shape:
-        raise ValueError(f"inconsistent shapes: cls {cls_emb.shape}, text {text_emb.shape}, "
-                         f"cit {cit_emb.shape}, channel text {channel_text_emb.shape}, "
-                         f"channel_valid {channel_valid.shape}")
+    if (
+        cls_emb.shape[0] != b
+        or cit_emb.shape[:2] != (b, c)
+        or channel_text_emb.shape != cit_emb.shape
+    ):
+        raise ValueError(
+            f"inconsistent shapes: cls {cls_emb.shape}, text {text_emb.shape}, "
+            f"cit {cit_emb.shape}, channel text {channel_text_emb.shape}, "
+            f"channel_valid {channel_valid.shape}"
+        )
     has_text = jnp.asarray(has_text).astype(bool)
-    sample_loss, sm = info_nce(cls_emb, text_emb, temperature=temperature, valid=has_text,
-                               hard_negatives=hard_negatives)
+    sample_loss, sm = info_nce(
+        cls_emb, text_emb, temperature=temperature, valid=has_text, hard_negatives=hard_negatives
+    )
     ch_valid = (jnp.asarray(channel_valid).astype(bool) & has_text[:, None]).reshape(b * c)
     d = cit_emb.shape[-1]
-    channel_loss, cm = info_nce(cit_emb.reshape(b * c, d), channel_text_emb.reshape(b * c, d),
-                                temperature=temperature, valid=ch_valid,
-                                hard_negatives=hard_negatives)
+    channel_loss, cm = info_nce(
+        cit_emb.reshape(b * c, d),
+        channel_text_emb.reshape(b * c, d),
+        temperature=temperature,
+        valid=ch_valid,
+        hard_negatives=hard_negatives,
+    )
     loss = sample_loss + jnp.asarray(channel_weight, jnp.float32) * channel_loss
     metrics = {
         "loss": loss,
@@ -168,20 +197,24 @@ def sample_and_channel_loss(cls_emb: jnp.ndarray, text_emb: jnp.ndarray,
     return loss, metrics
 
 
-def masked_reconstruction_loss(pred: jnp.ndarray, target: jnp.ndarray,
-                               point_observed: jnp.ndarray, patch_masked: jnp.ndarray
-                               ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+def masked_reconstruction_loss(
+    pred: jnp.ndarray, target: jnp.ndarray, point_observed: jnp.ndarray, patch_masked: jnp.ndarray
+) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
     """Mean squared error over points that are observed and lie in a masked patch.
 
     pred, target, point_observed: (B, C, N, P); patch_masked: (B, C, N). Other points do not
     affect the loss or its gradient (even NaN targets there). 0 when no point is selected.
     """
     if pred.shape != target.shape or point_observed.shape != pred.shape:
-        raise ValueError(f"pred {pred.shape}, target {target.shape} and point_observed "
-                         f"{point_observed.shape} must match")
+        raise ValueError(
+            f"pred {pred.shape}, target {target.shape} and point_observed "
+            f"{point_observed.shape} must match"
+        )
     if patch_masked.shape != pred.shape[:-1]:
         raise ValueError(f"patch_masked {patch_masked.shape} must be {pred.shape[:-1]}")
-    sel = jnp.asarray(point_observed).astype(bool) & jnp.asarray(patch_masked).astype(bool)[..., None]
+    sel = (
+        jnp.asarray(point_observed).astype(bool) & jnp.asarray(patch_masked).astype(bool)[..., None]
+    )
     pred = pred.astype(jnp.float32)
     # Zero unselected entries before squaring so NaN/inf there cannot leak into gradients.
     diff = jnp.where(sel, pred - jnp.where(sel, target.astype(jnp.float32), 0.0), 0.0)
