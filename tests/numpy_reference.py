@@ -261,6 +261,12 @@ def reference_forward(
     e = patches @ _f64(params["patch_embed"]["kernel"]) + _f64(params["patch_embed"]["bias"])
     e = np.where(mask_patches[..., None], _f64(params["mask_embedding"]), e)  # (B, C, N, d)
     cit = _f64(params["channel_identity"]["embedding"])[channel_ids]  # (B, C, d)
+    if "level_embed" in params:  # level_embedding: sinusoids of the mean, log of the std
+        u = np.clip(mean, -1e6, 1e6)[..., None] / np.array([0.1, 1.0, 10.0, 100.0, 1000.0])
+        log_std = np.log(np.clip(std, 1e-3, 1e6))[..., None]
+        cit = cit + dense(
+            np.concatenate([np.sin(u), np.cos(u), log_std], -1), params["level_embed"]
+        )
     cls = _f64(params["cls_token"])
 
     kind, channel, patch_index, positions = token_layout(C, N)

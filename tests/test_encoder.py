@@ -95,8 +95,8 @@ def test_matches_numpy_reference(mode, channels):
 
 
 @pytest.mark.parametrize("mode", ["block_diagonal", "paper"])
-def test_matches_reference_with_mask_tokens_channel_ids_and_full_rotation(mode):
-    cfg = dataclasses.replace(TINY, channel_bias=mode, rope_fraction=1.0)
+def test_matches_reference_with_mask_tokens_channel_ids_full_rotation_and_levels(mode):
+    cfg = dataclasses.replace(TINY, channel_bias=mode, rope_fraction=1.0, level_embedding=True)
     series, observed = awkward_inputs(3, 4, 16, seed=7)
     rng = np.random.default_rng(0)
     channel_ids = np.stack([rng.permutation(8)[:4] for _ in range(3)]).astype(np.int32)
@@ -167,7 +167,7 @@ def test_no_input_pattern_gives_nan(pattern):
     elif pattern == "mixed_huge":
         series[:, :, ::2] = 3e38
         series[:, :, 1::2] = -3e38
-    model = TraceEncoder(TINY)
+    model = TraceEncoder(dataclasses.replace(TINY, level_embedding=True))
     params = model.init(jax.random.key(0), series)
     out = model.apply(params, series, observed)
     for key, value in out.items():

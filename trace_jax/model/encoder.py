@@ -40,6 +40,10 @@ class EncoderConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters are always float32
+    # Add an embedding of each channel's RevIN mean and std to its CIT. RevIN removes the
+    # absolute level, which captions often state ("high pressure", "very humid"); this gives it
+    # back to the model without undoing the normalisation of the patches. Off in the paper.
+    level_embedding: bool = False
     # Recompute each block's activations in the backward pass instead of keeping them: memory
     # per layer drops from all intermediates to the block input.
     remat: bool = False
@@ -142,6 +146,21 @@ class EncoderBlock(nn.Module):
         return norm("mlp_norm")(h + drop(mlp, deterministic=deterministic))
 
 
+# Periods (in the data's units) of the sinusoidal features of a channel's level.
+LEVEL_SCALES = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def level_features(mean, std):
+    """(B, C) RevIN statistics -> (B, C, 2*len(LEVEL_SCALES) + 1) bounded features.
+
+    sin/cos of the mean at several scales (so 5 vs 15 degrees and 990 vs 1030 mbar both
+    differ), and the log of the std. Clipped first so that no input makes them non-finite.
+    """
+    m = jnp.clip(mean, -1e6, 1e6)[..., None] / jnp.asarray(LEVEL_SCALES, jnp.float32)
+    log_std = jnp.log(jnp.clip(std, 1e-3, 1e6))[..., None]
+    return jnp.concatenate([jnp.sin(m), jnp.cos(m), log_std], axis=-1)
+
+
 def _masked_mean(x, valid, axis):
     w = valid.astype(x.dtype)[..., None]
     return (x * w).sum(axis) / jnp.maximum(w.sum(axis), 1.0)
@@ -192,6 +211,10 @@ class TraceEncoder(nn.Module):
         cit = nn.Embed(
             cfg.num_channels, cfg.d_model, embedding_init=init, dtype=dtype, name="channel_identity"
         )(channel_ids)
+        if cfg.level_embedding:
+            cit = cit + nn.Dense(cfg.d_model, dtype=dtype, name="level_embed")(
+                level_features(mean, std)
+            )
         per_channel = jnp.concatenate([cit[:, :, None], tokens], axis=2)  # (B, C, N+1, d)
         h = jnp.concatenate(
             [
