@@ -56,7 +56,8 @@ def main():
     task = AlignTask(config)
     train_source, _ = load_sources(config.data)
     mesh = shard_lib.make_mesh(config.mesh)
-    trainer = build_trainer(config, task, mesh, example_batch(train_source, True))
+    example = example_batch(train_source)
+    trainer = build_trainer(config, task, mesh, example)
     batches = pipeline.make_train_iterator(
         train_source,
         global_batch_size=config.train.batch_size,
@@ -68,7 +69,7 @@ def main():
     pipeline_rate = rate(lambda: next(batches), args.batches)
 
     with jax.set_mesh(mesh):
-        state = trainer.init(example_batch(train_source, True))
+        state = trainer.init(example)
         batch = next(batches)
 
         def one_step():

@@ -46,7 +46,8 @@ def test_tiny_run_trains_evaluates_and_checkpoints(stage, tmp_path, text_cache_d
 def three_steps(config, task, devices, mesh_axes):
     mesh = shard_lib.make_mesh(mesh_axes, devices=devices)
     train_source, _ = load_sources(config.data)
-    trainer = build_trainer(config, task, mesh, example_batch(train_source, task.requires_text))
+    example = example_batch(train_source)
+    trainer = build_trainer(config, task, mesh, example)
     batches = pipeline.make_train_iterator(
         train_source,
         global_batch_size=config.train.batch_size,
@@ -55,7 +56,7 @@ def three_steps(config, task, devices, mesh_axes):
         require_text=task.requires_text,
     )
     with jax.set_mesh(mesh):
-        state = trainer.init(example_batch(train_source, task.requires_text))
+        state = trainer.init(example)
         losses = []
         for _ in range(3):
             state, metrics = trainer.step(state, next(batches))
@@ -90,7 +91,7 @@ def test_fsdp_really_shards_large_parameters(text_cache_dir):
     task = AlignTask(config)
     mesh = shard_lib.make_mesh({"data": 2, "fsdp": 4})
     train_source, _ = load_sources(config.data)
-    trainer = build_trainer(config, task, mesh, example_batch(train_source, True))
+    trainer = build_trainer(config, task, mesh, example_batch(train_source))
     fc1 = trainer.abstract_state["params"]["model"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
     assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
 

@@ -431,28 +431,21 @@ def make_train_iterator(
     batches are prepared ahead (defaults suit a 2-core CPU); `worker_count > 0` adds
     ``mp_prefetch`` worker processes.
     """
-    shard_index, shard_count = _shards(shard_index, shard_count)
-    positions = text_indices(source) if require_text else np.arange(len(source), dtype=np.int64)
-    reader = LocalBatchReader(
+    return _batch_iterator(
         source,
-        positions,
-        global_batch_size=global_batch_size,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        drop_remainder=drop_remainder,
+        global_batch_size,
         seed=seed,
         shuffle=shuffle,
         paraphrase="sample",
-    )
-    return BatchIterator(
-        reader,
+        drop_remainder=drop_remainder,
         num_epochs=num_epochs,
         sharding=sharding,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        require_text=require_text,
         worker_count=worker_count,
         num_threads=num_threads,
         prefetch=prefetch,
-        drop_remainder=drop_remainder,
-        require_text=require_text,
     )
 
 
@@ -473,27 +466,62 @@ def make_eval_batches(
     `batch_size` is global; padding rows have ``valid`` False, ``index``/``label`` -1 and zeros
     elsewhere. Texts use paraphrase 0 (the primary text).
     """
+    return _batch_iterator(
+        source,
+        batch_size,
+        seed=0,
+        shuffle=False,
+        paraphrase="first",
+        drop_remainder=False,
+        num_epochs=1,
+        sharding=sharding,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        require_text=require_text,
+        worker_count=worker_count,
+        num_threads=num_threads,
+        prefetch=prefetch,
+    )
+
+
+def _batch_iterator(
+    source,
+    global_batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool,
+    paraphrase: str,
+    drop_remainder: bool,
+    num_epochs: int | None,
+    sharding,
+    shard_index: int | None,
+    shard_count: int | None,
+    require_text: bool,
+    worker_count: int,
+    num_threads: int,
+    prefetch: int,
+) -> BatchIterator:
     shard_index, shard_count = _shards(shard_index, shard_count)
     positions = text_indices(source) if require_text else np.arange(len(source), dtype=np.int64)
     reader = LocalBatchReader(
         source,
         positions,
-        global_batch_size=batch_size,
+        global_batch_size=global_batch_size,
         shard_index=shard_index,
         shard_count=shard_count,
-        drop_remainder=False,
-        seed=0,
-        shuffle=False,
-        paraphrase="first",
+        drop_remainder=drop_remainder,
+        seed=seed,
+        shuffle=shuffle,
+        paraphrase=paraphrase,
     )
     return BatchIterator(
         reader,
-        num_epochs=1,
+        num_epochs=num_epochs,
         sharding=sharding,
         worker_count=worker_count,
         num_threads=num_threads,
         prefetch=prefetch,
-        drop_remainder=False,
+        drop_remainder=drop_remainder,
         require_text=require_text,
     )
 

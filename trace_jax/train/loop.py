@@ -111,12 +111,9 @@ def evaluate(task, params, source, eval_fn, batch_sharding, batch_size: int) -> 
     return task.eval_metrics({k: np.concatenate(v) for k, v in collected.items()})
 
 
-def example_batch(source, require_text: bool) -> dict[str, np.ndarray]:
-    """One host batch of one example: shapes and dtypes for initialisation."""
-    it = pipeline.make_eval_batches(
-        source, 1, shard_index=0, shard_count=1, require_text=require_text
-    )
-    batch = next(iter(it))
+def example_batch(source) -> dict[str, np.ndarray]:
+    """One host batch holding the source's first example: shapes and dtypes for initialisation."""
+    batch = next(iter(pipeline.make_eval_batches(source, 1, shard_index=0, shard_count=1)))
     batch.pop("valid")
     return batch
 
@@ -183,7 +180,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
     train_source, validation_source = load_sources(config.data)
     mesh = shard_lib.make_mesh(config.mesh)
     shard_lib.local_batch_size(train_cfg.batch_size, mesh)  # checks divisibility early
-    example = example_batch(train_source, task.requires_text)
+    example = example_batch(train_source)
     trainer = build_trainer(config, task, mesh, example)
     train_iter = pipeline.make_train_iterator(
         train_source,
