@@ -39,7 +39,9 @@ def layer_norm(x: np.ndarray, scale, bias) -> np.ndarray:
 
 
 def dense(x: np.ndarray, p: dict) -> np.ndarray:
-    return _f64(x) @ _f64(p["kernel"]) + _f64(p["bias"])
+    """x @ kernel + bias; a layer without a bias (the attention key) has no "bias" entry."""
+    out = _f64(x) @ _f64(p["kernel"])
+    return out + _f64(p["bias"]) if "bias" in p else out
 
 
 # --------------------------------------------------------------------------- #
@@ -348,7 +350,10 @@ def random_params(
     }
     for i in range(num_layers):
         params[f"block_{i}"] = {
-            "attention": {name: lin(d, d) for name in ("query", "key", "value", "out")},
+            "attention": {
+                **{name: lin(d, d) for name in ("query", "value", "out")},
+                "key": {"kernel": w(d, d)},
+            },
             "attention_norm": {"scale": 1.0 + w(d), "bias": w(d)},
             "mlp": {"fc1": lin(d, mlp_dim), "fc2": lin(mlp_dim, d)},
             "mlp_norm": {"scale": 1.0 + w(d), "bias": w(d)},

@@ -41,7 +41,9 @@ def base_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = stage
     c.seed = 0
-    c.model = encoder(pick("paper", "cpu", "tiny"), num_channels=64)
+    # level_embedding is our addition (off in the paper): on Weather-Captioned it lifts
+    # text->series hit@10 from 13% to 58% (README), since captions state absolute levels.
+    c.model = encoder(pick("paper", "cpu", "tiny"), num_channels=64, level_embedding=True)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"  # or weather_captioned, time_mmd (built TFDS data sets)

@@ -84,8 +84,10 @@ class ChannelBiasedAttention(nn.Module):
         hd = d // self.num_heads
 
         def project(name):
-            x = nn.Dense(d, dtype=self.dtype, name=name)(h)
-            return x.reshape(b, length, self.num_heads, hd)
+            # No key bias: it adds the same q.b to every score of a query, which softmax
+            # ignores; its exact gradient is 0, so Adam would only turn rounding into noise.
+            dense = nn.Dense(d, dtype=self.dtype, use_bias=name != "key", name=name)
+            return dense(h).reshape(b, length, self.num_heads, hd)
 
         cos, sin = rope
         q = apply_rope(project("query"), cos, sin)
