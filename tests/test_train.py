@@ -16,7 +16,8 @@ from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
 from trace_jax.train import sharding as shard_lib
 from trace_jax.train.align import AlignTask
-from trace_jax.train.loop import build_trainer, example_batch, train_and_evaluate
+from trace_jax.train.checkpoint import Checkpointer
+from trace_jax.train.loop import initial_state, build_trainer, example_batch, train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,23 @@ def test_sigterm_leaves_a_complete_checkpoint(tmp_path, text_cache_dir):
     step, params = read_params(tmp_path, tiny_config("align", text_cache_dir))
     assert 4 <= step < 400
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def test_alignment_starts_from_a_pretraining_checkpoint(tmp_path, text_cache_dir):
+    pretrain = tiny_config("pretrain", text_cache_dir)
+    train_and_evaluate(pretrain, tmp_path / "pretrain", TASKS["pretrain"](pretrain))
+    _, pretrained = read_params(tmp_path / "pretrain", pretrain)
+
+    config = tiny_config("align", text_cache_dir)
+    config.align.init_from = str(tmp_path / "pretrain")
+    task = AlignTask(config)
+    source, _ = load_sources(config.data)
+    example = example_batch(source)
+    trainer = build_trainer(config, task, shard_lib.make_mesh(config.mesh), example)
+    checkpointer = Checkpointer(tmp_path / "align", keep=1, every=1)
+    with jax.set_mesh(trainer.mesh):
+        state = initial_state(config, trainer, example, checkpointer, train_iter=None)
+    checkpointer.close()
+    started = jax.tree.map(np.asarray, state["params"]["model"]["encoder"])
+    for a, b in zip(jax.tree.leaves(started), jax.tree.leaves(pretrained["model"]["encoder"])):
+        np.testing.assert_array_equal(a, b)

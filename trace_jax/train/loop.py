@@ -156,7 +156,7 @@ def build_trainer(config, task, mesh, example) -> Trainer:
     )
 
 
-def _initial_state(config, trainer: Trainer, example, checkpointer, train_iter):
+def initial_state(config, trainer: Trainer, example, checkpointer, train_iter):
     """The latest checkpoint's state (and data position), else a fresh one."""
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(trainer.abstract_state, train_iter)
@@ -196,7 +196,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
     writer = MetricsWriter(workdir)
 
     with jax.set_mesh(mesh):
-        state = _initial_state(config, trainer, example, checkpointer, train_iter)
+        state = initial_state(config, trainer, example, checkpointer, train_iter)
 
         def run_eval(params):
             return evaluate(
