@@ -1,5 +1,6 @@
 """The shared loop end to end on tiny configs: training, sharding equivalence, exact resume."""
 
+import json
 import os
 import pathlib
 import signal
@@ -196,3 +197,13 @@ def test_alignment_starts_from_a_pretraining_checkpoint(tmp_path, text_cache_dir
     started = jax.tree.map(np.asarray, state["params"]["model"]["encoder"])
     for a, b in zip(jax.tree.leaves(started), jax.tree.leaves(pretrained["model"]["encoder"])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pretraining_with_the_auxiliary_class_term(tmp_path, text_cache_dir):
+    config = tiny_config("pretrain", text_cache_dir, steps=2, log_every=1)
+    config.pretrain.num_classes = 3  # the synthetic set's labels
+    train_and_evaluate(config, tmp_path, TASKS["pretrain"](config))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    label_losses = [r["train/label_loss"] for r in records if "train/label_loss" in r]
+    assert len(label_losses) == 2 and all(0 < v < 10 for v in label_losses)
+    assert all(r["train/loss"] > r["train/label_loss"] for r in records if "train/loss" in r)

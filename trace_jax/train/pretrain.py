@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import PretrainModel
@@ -24,7 +25,7 @@ class PretrainTask:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config.pretrain
         self.encoder_config = EncoderConfig.from_mapping(config.model.to_dict())
-        self.model = PretrainModel(self.encoder_config)
+        self.model = PretrainModel(self.encoder_config, num_classes=self.config.num_classes)
 
     def _mask(self, rng, batch):
         observed = batch["observed"] & jnp.isfinite(batch["series"])
@@ -59,6 +60,16 @@ class PretrainTask:
         loss, metrics = masked_reconstruction_loss(
             out["reconstruction"], out["patches"], out["patch_observed"], mask
         )
+        if self.config.num_classes:
+            # The auxiliary class term of the public code, on the examples that have a label.
+            labelled = batch["label"] >= 0
+            ce = optax.softmax_cross_entropy_with_integer_labels(
+                out["logits"], jnp.where(labelled, batch["label"], 0)
+            )
+            metrics["label_loss"] = jnp.sum(jnp.where(labelled, ce, 0.0)) / jnp.maximum(
+                labelled.sum(), 1
+            )
+            loss = loss + self.config.label_weight * metrics["label_loss"]
         metrics["loss"] = loss
         return loss, metrics
 
