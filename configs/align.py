@@ -22,5 +22,12 @@ def get_config(arg=None):
     c.align.learn_temperature = False
     c.align.channel_weight = 1.0  # lambda of the channel-level InfoNCE; 0 turns it off
     c.align.hard_negatives = 32  # top-K cross-modal negatives per anchor; 0 = the whole batch
-    c.align.init_from = ""  # a pretraining workdir to start the encoder from
+    # Heads of the optional CIT <-> channel-text cross-attention before the channel loss;
+    # 0 = off. Training only: retrieval embeddings never depend on text.
+    c.align.cross_attention_heads = 0
+    # Weight of a masked-patch reconstruction term (as in pretraining); 0 = off. While on,
+    # training inputs are masked at mask_ratio (evaluation never masks).
+    c.align.reconstruction_weight = 0.0
+    c.align.mask_ratio = 0.3
+    c.align.init_from = ""  # a pretraining workdir: starts the encoder (and reconstruction head)
     return c

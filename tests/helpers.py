@@ -34,7 +34,7 @@ def read_params(workdir, config):
     another mesh or another number of processes.
     """
     task = TASKS[config.stage](config)
-    mesh = shard_lib.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
+    mesh = shard_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
     source, _ = load_sources(config.data)
     trainer = build_trainer(config, task, mesh, example_batch(source))
     checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=100, every=1)

@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import REPO, TASKS, read_params, tiny_config
 from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
+from trace_jax.model.partitioning import logical_axes
 from trace_jax.train import sharding as shard_lib
 from trace_jax.train.align import AlignTask
 from trace_jax.train.checkpoint import Checkpointer
@@ -69,9 +70,10 @@ def three_steps(config, task, devices, mesh_axes):
 @pytest.mark.parametrize("stage", ["align", "pretrain"])
 def test_sharded_steps_match_one_device(stage, text_cache_dir):
     config = tiny_config(stage, text_cache_dir)
+    config.sharding.min_sharded_size = 0  # split even the tiny model's parameters
     task = TASKS[stage](config)
-    ref_losses, ref_params = three_steps(config, task, jax.devices()[:1], {"data": 1, "fsdp": 1})
-    for axes in ({"data": 8, "fsdp": 1}, {"data": 2, "fsdp": 4}):
+    ref_losses, ref_params = three_steps(config, task, jax.devices()[:1], {"data": 1})
+    for axes in ({"data": 8}, {"data": 2, "fsdp": 4}, {"data": 2, "fsdp": 2, "model": 2}):
         losses, params = three_steps(config, task, jax.devices(), axes)
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=str(axes))
         # Relative difference of the whole parameter vector. Per leaf it is meaningless for
@@ -87,15 +89,40 @@ def test_sharded_steps_match_one_device(stage, text_cache_dir):
         assert diff / norm <= 1e-5, (axes, diff / norm)
 
 
-def test_fsdp_really_shards_large_parameters(text_cache_dir):
+def test_logical_axis_rules_lay_out_parameters_and_adam_moments(text_cache_dir):
     config = tiny_config("align", text_cache_dir)
     config.model.update(d_model=128, mlp_dim=256)
     task = AlignTask(config)
-    mesh = shard_lib.make_mesh({"data": 2, "fsdp": 4})
+    mesh = shard_lib.make_mesh({"data": 2, "fsdp": 2, "model": 2})
     train_source, _ = load_sources(config.data)
     trainer = build_trainer(config, task, mesh, example_batch(train_source))
+    state = trainer.abstract_state
+    block = state["params"]["model"]["encoder"]["block_0"]
+    P = jax.sharding.PartitionSpec
+    assert block["mlp"]["fc1"]["kernel"].sharding.spec == P("fsdp", "model")
+    assert block["mlp"]["fc2"]["kernel"].sharding.spec == P("model", "fsdp")
+    assert block["attention"]["query"]["kernel"].sharding.spec == P("fsdp", "model")
+    assert block["attention"]["out"]["kernel"].sharding.spec == P("model", "fsdp")
+    assert block["mlp_norm"]["scale"].sharding.spec == P()  # small: replicated
+    adam = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state["opt_state"])
+        if "block_0" in jax.tree_util.keystr(path)
+        and "fc1" in jax.tree_util.keystr(path)
+        and "kernel" in jax.tree_util.keystr(path)
+    ]
+    assert len(adam) == 2 and all(m.sharding.spec == P("fsdp", "model") for m in adam)
+    # A rule set that maps embed nowhere leaves the FSDP axis unused.
+    config.sharding.rules = (("batch", ("data", "fsdp")), ("mlp", "model"))
+    trainer = build_trainer(config, task, mesh, example_batch(train_source))
     fc1 = trainer.abstract_state["params"]["model"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
-    assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    assert fc1.sharding.spec == P(None, "model")
+
+
+def test_unnamed_matrix_parameters_are_refused():
+    with pytest.raises(ValueError, match="no logical axes"):
+        logical_axes("model/encoder/new_layer/kernel", 2)
+    assert logical_axes("model/encoder/new_layer/bias", 1) == (None,)
 
 
 def main_command(workdir, text_cache_dir, steps):
@@ -186,6 +213,7 @@ def test_alignment_starts_from_a_pretraining_checkpoint(tmp_path, text_cache_dir
 
     config = tiny_config("align", text_cache_dir)
     config.align.init_from = str(tmp_path / "pretrain")
+    config.align.reconstruction_weight = 0.5  # so the reconstruction head is taken over too
     task = AlignTask(config)
     source, _ = load_sources(config.data)
     example = example_batch(source)
@@ -194,9 +222,27 @@ def test_alignment_starts_from_a_pretraining_checkpoint(tmp_path, text_cache_dir
     with jax.set_mesh(trainer.mesh):
         state = initial_state(config, trainer, example, checkpointer, train_iter=None)
     checkpointer.close()
-    started = jax.tree.map(np.asarray, state["params"]["model"]["encoder"])
-    for a, b in zip(jax.tree.leaves(started), jax.tree.leaves(pretrained["model"]["encoder"])):
-        np.testing.assert_array_equal(a, b)
+    for name in ("encoder", "reconstruction"):
+        started = jax.tree.map(np.asarray, state["params"]["model"][name])
+        for a, b in zip(jax.tree.leaves(started), jax.tree.leaves(pretrained["model"][name])):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_alignment_with_cross_attention_and_reconstruction_terms(tmp_path, text_cache_dir):
+    config = tiny_config("align", text_cache_dir, steps=2, log_every=1)
+    config.align.cross_attention_heads = 2
+    config.align.reconstruction_weight = 0.5
+    metrics = train_and_evaluate(config, tmp_path, AlignTask(config))
+    assert 0.0 <= metrics["t2s_mrr"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "train/loss" in r]
+    assert len(train) == 2
+    for r in train:
+        assert 0 < r["train/recon_loss"] < 100 and r["train/n_masked_points"] > 0
+        expected = r["train/sample_loss"] + r["train/channel_loss"] + 0.5 * r["train/recon_loss"]
+        np.testing.assert_allclose(r["train/loss"], expected, rtol=1e-5)
+    _, params = read_params(tmp_path, config)
+    assert "cross_attention" in params["model"] and "reconstruction" in params["model"]
 
 
 def test_pretraining_with_the_auxiliary_class_term(tmp_path, text_cache_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from trace_jax.model import EncoderConfig
+from trace_jax.train import sharding
 
 # paper: 6 layers, d=384, 6 heads, FFN 4d (~10.7M parameters) for accelerators.
 # cpu: small enough to train on a 2-core CPU in minutes. tiny: tests (compiles in seconds).
@@ -68,6 +69,12 @@ def base_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = pick(2000, 500, 3)
     c.train.keep_checkpoints = 3
 
-    # Mesh axis sizes (-1: all remaining devices); parameters are sharded over fsdp.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # Mesh axis sizes (-1: all remaining devices). The batch splits over data x fsdp;
+    # parameters over fsdp (their embed dimension) and model (FFN hidden width, heads).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    c.sharding = ml_collections.ConfigDict()
+    # Logical axis name -> mesh axes, for parameters (trace_jax/model/partitioning.py) and
+    # activation constraints alike; a name without a rule is never split.
+    c.sharding.rules = sharding.DEFAULT_RULES
+    c.sharding.min_sharded_size = sharding.MIN_SHARDED_SIZE  # smaller parameters replicate
     return c

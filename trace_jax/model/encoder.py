@@ -233,6 +233,9 @@ class TraceEncoder(nn.Module):
         # Static under remat: the layout (hashable) and the deterministic flag (self is argnum 0).
         block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
         for i in range(cfg.num_layers):
+            # Between blocks the batch is split over the batch axes and nothing else, so FSDP-
+            # and model-sharded weights are gathered or reduced inside a block, never here.
+            h = nn.with_logical_constraint(h, ("batch", None, None))
             h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
 
         h = h.astype(jnp.float32)

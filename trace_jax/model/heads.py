@@ -6,6 +6,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from trace_jax.model.cross_attention import ChannelCrossAttention
 from trace_jax.model.encoder import EncoderConfig, TraceEncoder
 
 
@@ -17,10 +18,16 @@ class AlignModel(nn.Module):
     """Series and frozen-text embeddings projected into one L2-normalised space.
 
     The [CLS] and CIT outputs share the series projection; sample and channel texts share the
-    text projection (Dense, LayerNorm), as in TRACE.
+    text projection (Dense, LayerNorm), as in TRACE. Options for training only:
+    `cross_attention_heads` > 0 fuses CIT and channel-text embeddings before the channel-level
+    loss (the paper's optional cross-attention; the fused channel embeddings depend on the
+    sample's channel texts, so `embed_series` never applies it), and `reconstruct` adds the
+    masked-patch reconstruction head of pretraining.
     """
 
     config: EncoderConfig
+    cross_attention_heads: int = 0
+    reconstruct: bool = False
 
     def setup(self):
         d = self.config.d_model
@@ -28,6 +35,12 @@ class AlignModel(nn.Module):
         self.series_proj = nn.Dense(d)
         self.text_proj = nn.Dense(d)
         self.text_norm = nn.LayerNorm()
+        if self.cross_attention_heads:
+            self.cross_attention = ChannelCrossAttention(
+                self.cross_attention_heads, self.config.dropout
+            )
+        if self.reconstruct:
+            self.reconstruction = nn.Dense(self.config.patch_len)
 
     def embed_series(self, series, observed=None, channel_ids=None, *, deterministic=True):
         out = self.encoder(series, observed, channel_ids, deterministic=deterministic)
@@ -37,18 +50,39 @@ class AlignModel(nn.Module):
             "channel_valid": out["channel_valid"],
         }
 
-    def embed_text(self, text_embedding):
-        return l2_normalize(self.text_norm(self.text_proj(text_embedding)))
+    def _project_text(self, text_embedding):
+        return self.text_norm(self.text_proj(text_embedding))
 
-    def __call__(self, batch, *, deterministic=True):
-        series = self.embed_series(
-            batch["series"], batch["observed"], batch["channel_ids"], deterministic=deterministic
+    def embed_text(self, text_embedding):
+        return l2_normalize(self._project_text(text_embedding))
+
+    def __call__(self, batch, mask_patches=None, *, deterministic=True):
+        out = self.encoder(
+            batch["series"],
+            batch["observed"],
+            batch["channel_ids"],
+            mask_patches,
+            deterministic=deterministic,
         )
-        return {
-            **series,
+        channels = self.series_proj(out["channels"])
+        channel_text = self._project_text(batch["channel_text_embedding"])
+        if self.cross_attention_heads:
+            fuse = lambda x, context, valid: self.cross_attention(
+                x, context, valid, deterministic=deterministic
+            )
+            channel_text = fuse(channel_text, channels, out["channel_valid"])
+            channels = fuse(channels, channel_text, batch["channel_text_valid"])
+        result = {
+            "sample": l2_normalize(self.series_proj(out["cls"])),
+            "channels": l2_normalize(channels),
+            "channel_valid": out["channel_valid"],
             "text": self.embed_text(batch["text_embedding"]),
-            "channel_text": self.embed_text(batch["channel_text_embedding"]),
+            "channel_text": l2_normalize(channel_text),
         }
+        if self.reconstruct:
+            result["reconstruction"] = self.reconstruction(out["tokens"])
+            result["patches"], result["patch_observed"] = out["patches"], out["patch_observed"]
+        return result
 
 
 class PretrainModel(nn.Module):

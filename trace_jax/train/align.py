@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -11,7 +12,11 @@ import numpy as np
 from trace_jax.eval.retrieval_metrics import exact_pair_metrics, label_metrics
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
-from trace_jax.train.losses import sample_and_channel_loss
+from trace_jax.train.losses import (
+    masked_reconstruction_loss,
+    random_series_patch_mask,
+    sample_and_channel_loss,
+)
 
 
 class AlignTask:
@@ -21,7 +26,12 @@ class AlignTask:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config.align
-        self.model = AlignModel(EncoderConfig.from_mapping(config.model.to_dict()))
+        self.encoder_config = EncoderConfig.from_mapping(config.model.to_dict())
+        self.model = AlignModel(
+            self.encoder_config,
+            cross_attention_heads=self.config.cross_attention_heads,
+            reconstruct=self.config.reconstruction_weight > 0,
+        )
 
     def init_params(self, rng, batch):
         params = {"model": self.model.init(rng, batch)["params"]}
@@ -35,8 +45,22 @@ class AlignTask:
         return self.config.temperature
 
     def loss(self, params, batch, rng):
+        mask_rng, dropout_rng = jax.random.split(rng)
+        mask = None
+        if self.model.reconstruct:
+            mask = random_series_patch_mask(
+                mask_rng,
+                batch["series"],
+                batch["observed"],
+                self.encoder_config.patch_len,
+                self.config.mask_ratio,
+            )
         out = self.model.apply(
-            {"params": params["model"]}, batch, deterministic=False, rngs={"dropout": rng}
+            {"params": params["model"]},
+            batch,
+            mask,
+            deterministic=False,
+            rngs={"dropout": dropout_rng},
         )
         loss, metrics = sample_and_channel_loss(
             out["sample"],
@@ -49,6 +73,12 @@ class AlignTask:
             channel_weight=self.config.channel_weight,
             hard_negatives=self.config.hard_negatives,
         )
+        if self.model.reconstruct:
+            recon, recon_metrics = masked_reconstruction_loss(
+                out["reconstruction"], out["patches"], out["patch_observed"], mask
+            )
+            loss = loss + self.config.reconstruction_weight * recon
+            metrics.update(recon_metrics, loss=loss)
         metrics["temperature"] = jnp.asarray(self.temperature(params), jnp.float32)
         return loss, metrics
 

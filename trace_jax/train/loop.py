@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Callable
 
+import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -130,11 +131,25 @@ class Trainer:
     eval_outputs: Callable  # (params, batch) -> replicated per-example outputs and "valid"
 
 
+def _with_rules(fn, rules):
+    """fn traced under the logical axis rules, wherever it is first called."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return wrapped
+
+
 def build_trainer(config, task, mesh, example) -> Trainer:
     optimizer = make_optimizer(config.train)
     make_state = functools.partial(init_state, task, optimizer, config.seed)
     abstract = jax.eval_shape(make_state, example)
-    state_sharding = shard_lib.state_shardings(mesh, abstract)
+    rules = tuple((name, axes) for name, axes in config.sharding.rules)
+    state_sharding = shard_lib.state_shardings(
+        mesh, abstract, rules, config.sharding.min_sharded_size
+    )
     batch_sharding = shard_lib.batch_sharding(mesh)
     replicated = shard_lib.replicated(mesh)
     return Trainer(
@@ -143,13 +158,18 @@ def build_trainer(config, task, mesh, example) -> Trainer:
         abstract_state=_with_sharding(abstract, state_sharding),
         init=jax.jit(make_state, out_shardings=state_sharding),
         step=jax.jit(
-            make_train_step(task, optimizer, learning_rate_schedule(config.train)),
+            _with_rules(
+                make_train_step(task, optimizer, learning_rate_schedule(config.train)), rules
+            ),
             in_shardings=(state_sharding, batch_sharding),
             out_shardings=(state_sharding, replicated),
             donate_argnums=0,
         ),
         eval_outputs=jax.jit(
-            lambda params, batch: {**task.eval_outputs(params, batch), "valid": batch["valid"]},
+            _with_rules(
+                lambda params, batch: {**task.eval_outputs(params, batch), "valid": batch["valid"]},
+                rules,
+            ),
             in_shardings=(state_sharding["params"], batch_sharding),
             out_shardings=replicated,
         ),
@@ -165,9 +185,12 @@ def initial_state(config, trainer: Trainer, example, checkpointer, train_iter):
     state = trainer.init(example)
     init_from = config.get("align", {}).get("init_from", "")
     if init_from:
-        encoder = {"model": {"encoder": trainer.abstract_state["params"]["model"]["encoder"]}}
-        state["params"]["model"]["encoder"] = restore_params(init_from, encoder)["model"]["encoder"]
-        logging.info("encoder initialised from %s", init_from)
+        # The modules alignment shares with pretraining, under the same names.
+        model = trainer.abstract_state["params"]["model"]
+        shared = {k: model[k] for k in ("encoder", "reconstruction") if k in model}
+        restored = restore_params(init_from, {"model": shared})["model"]
+        state["params"]["model"].update(restored)
+        logging.info("%s initialised from %s", " and ".join(restored), init_from)
     return state
 
 

@@ -12,6 +12,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 
+from trace_jax.model.patching import patchify
+
 HardNegatives = Union[None, str, int]
 
 _EPS = 1e-12
@@ -239,3 +241,12 @@ def random_patch_mask(rng: jax.Array, patch_valid: jnp.ndarray, ratio: Any) -> j
     n_mask = jnp.where((ratio > 0) & (n_valid > 0), jnp.maximum(n_mask, 1), n_mask)
     n_mask = jnp.clip(n_mask, 0, n_valid)
     return patch_valid & (rank < n_mask[..., None])
+
+
+def random_series_patch_mask(
+    rng: jax.Array, series: jnp.ndarray, observed: jnp.ndarray, patch_len: int, ratio: Any
+) -> jnp.ndarray:
+    """random_patch_mask over the patches of (B, C, T) `series` holding an observed finite point."""
+    observed = jnp.asarray(observed).astype(bool) & jnp.isfinite(series)
+    _, point_observed = patchify(series, observed, patch_len)
+    return random_patch_mask(rng, point_observed.any(-1), ratio)

@@ -10,8 +10,7 @@ import optax
 
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import PretrainModel
-from trace_jax.model.patching import patchify
-from trace_jax.train.losses import masked_reconstruction_loss, random_patch_mask
+from trace_jax.train.losses import masked_reconstruction_loss, random_series_patch_mask
 
 # Validation masks come from a fixed key so every evaluation scores the same patches.
 EVAL_MASK_SEED = 1234
@@ -28,9 +27,13 @@ class PretrainTask:
         self.model = PretrainModel(self.encoder_config, num_classes=self.config.num_classes)
 
     def _mask(self, rng, batch):
-        observed = batch["observed"] & jnp.isfinite(batch["series"])
-        _, point_observed = patchify(batch["series"], observed, self.encoder_config.patch_len)
-        return random_patch_mask(rng, point_observed.any(-1), self.config.mask_ratio)
+        return random_series_patch_mask(
+            rng,
+            batch["series"],
+            batch["observed"],
+            self.encoder_config.patch_len,
+            self.config.mask_ratio,
+        )
 
     def _apply(self, params, batch, mask, **kwargs):
         return self.model.apply(
