@@ -55,6 +55,33 @@ def task_for(config):
     return tasks[config.stage](config)
 
 
+def run_export(config, workdir: str) -> None:
+    import pathlib  # pylint: disable=g-import-not-at-top
+
+    import ml_collections  # pylint: disable=g-import-not-at-top
+
+    from trace_jax.api import TraceModel  # pylint: disable=g-import-not-at-top
+    from trace_jax.data.sources import load_sources  # pylint: disable=g-import-not-at-top
+    from trace_jax.export import export_model  # pylint: disable=g-import-not-at-top
+
+    model = TraceModel.from_workdir(workdir)
+    channels, time_steps = config.export.channels, config.export.time_steps
+    if not channels or not time_steps:
+        run = model.run_config
+        _, validation = load_sources(ml_collections.ConfigDict(run["data"]))
+        c, t = validation[0]["series"].shape
+        channels, time_steps = channels or c, time_steps or t
+    output = config.export.output or str(pathlib.Path(workdir) / "export")
+    export_model(
+        model,
+        output,
+        channels=channels,
+        time_steps=time_steps,
+        platforms=tuple(config.export.platforms),
+    )
+    print(f"exported {model.source} to {output} (series: b x {channels} x {time_steps})")
+
+
 def main(argv):
     del argv
     for handler in logging.getLogger().handlers:
@@ -67,6 +94,11 @@ def main(argv):
     from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
     config = _CONFIG.value
+    if config.stage == "export":
+        if not _WORKDIR.value:
+            sys.exit("error: --workdir (the alignment run to export) is required")
+        run_export(config, _WORKDIR.value)
+        return
     workdir = _WORKDIR.value or f"runs/{config.stage}"
     logging.info(
         "devices: %d (%s), processes: %d",

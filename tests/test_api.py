@@ -1,0 +1,93 @@
+"""trace_jax.load on a workdir and on an export; the serialized embed_series; bad inputs."""
+
+import jax
+import numpy as np
+import pytest
+
+import trace_jax
+from tests.helpers import read_params, tiny_config
+from trace_jax.data.sources import load_sources
+from trace_jax.export import export_model, load_embed_series
+from trace_jax.model import EncoderConfig
+from trace_jax.model.heads import AlignModel
+from trace_jax.train.align import AlignTask
+from trace_jax.train.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny alignment workdir, its config and a few validation windows."""
+    workdir = tmp_path_factory.mktemp("align")
+    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
+    train_and_evaluate(config, workdir, AlignTask(config))
+    _, validation = load_sources(config.data)
+    windows = [validation[i] for i in range(5)]
+    stack = lambda k: np.stack([w[k] for w in windows])
+    return workdir, config, stack("series"), stack("observed"), stack("channel_ids")
+
+
+def live_embeddings(workdir, config, series, observed, channel_ids):
+    _, params = read_params(workdir, config)
+    model = AlignModel(EncoderConfig.from_mapping(config.model.to_dict()))
+    out = model.apply(
+        {"params": params["model"]}, series, observed, channel_ids, method="embed_series"
+    )
+    return np.asarray(out["sample"])
+
+
+def test_load_workdir_embeds_like_the_trained_model(trained):
+    workdir, config, series, observed, channel_ids = trained
+    model = trace_jax.load(workdir)
+    model.batch_size = 2  # several batches, the last one padded
+    got = model.embed_series(series, observed, channel_ids)
+    np.testing.assert_allclose(
+        got, live_embeddings(workdir, config, series, observed, channel_ids), atol=1e-5
+    )
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_export_reloads_and_matches_the_live_model(trained, tmp_path):
+    workdir, config, series, observed, channel_ids = trained
+    live = live_embeddings(workdir, config, series, observed, channel_ids)
+    model = trace_jax.load(workdir)
+    export_model(
+        model, tmp_path, channels=series.shape[1], time_steps=series.shape[2], platforms=("cpu",)
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.json",
+        "weights.safetensors",
+        "embed_series.jax_export",
+    }
+    reloaded = trace_jax.load(tmp_path)
+    np.testing.assert_allclose(
+        reloaded.embed_series(series, observed, channel_ids), live, atol=1e-5
+    )
+    serialized = load_embed_series(tmp_path)
+    for n in (1, 5):  # the batch size is symbolic
+        np.testing.assert_allclose(
+            serialized(series[:n], observed[:n], channel_ids[:n]), live[:n], atol=1e-5
+        )
+
+
+def test_export_lowers_for_cpu_cuda_and_tpu(trained, tmp_path):
+    workdir, _, series, _, _ = trained
+    export_model(trace_jax.load(workdir), tmp_path, channels=series.shape[1], time_steps=96)
+    exported = jax.export.deserialize(
+        bytearray((tmp_path / "embed_series.jax_export").read_bytes())
+    )
+    assert exported.platforms == ("cpu", "cuda", "tpu")
+
+
+def test_bad_inputs_get_clear_errors(trained, tmp_path):
+    workdir, _, series, observed, _ = trained
+    model = trace_jax.load(workdir)
+    with pytest.raises(ValueError, match="no observed finite value"):
+        model.embed_series(np.full(series.shape, np.nan, np.float32))
+    with pytest.raises(ValueError, match="no observed finite value"):
+        model.embed_series(series, np.zeros_like(observed))
+    with pytest.raises(ValueError, match=r"\(N, C, T\)"):
+        model.embed_series(series[0, 0])
+    with pytest.raises(ValueError, match="empty"):
+        model.embed_text(["rain", "  "])
+    with pytest.raises(FileNotFoundError, match="neither an export"):
+        trace_jax.load(tmp_path)

@@ -1,0 +1,231 @@
+"""The inference API: a trained alignment model that embeds series and text into one space.
+
+    import trace_jax
+    model = trace_jax.load("runs/align_wc")          # a workdir (latest checkpoint) or an export
+    z_series = model.embed_series(series)            # (N, C, T) -> (N, d), L2-normalised
+    z_text = model.embed_text(["heavy rain and strong wind"])
+    index = model.build_index(series, texts=captions)
+    hits = index.search("heavy rain and strong wind", k=5)  # text -> series
+
+Embeddings are computed with masking and dropout off. Series are embedded in fixed-size
+batches (the last one padded), so one (C, T) shape compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trace_jax.model import EncoderConfig
+from trace_jax.model.heads import AlignModel
+
+EXPORT_CONFIG = "config.json"
+EXPORT_WEIGHTS = "weights.safetensors"
+
+
+def check_series(series, observed=None, channels: int | None = None):
+    """(N, C, T) float32 series and bool observed mask; clear errors for unusable input.
+
+    A single (C, T) window is accepted and gets a batch axis. NaN and inf count as unobserved.
+    A window with no observed finite value has nothing to embed and is refused.
+    """
+    series = np.asarray(series, np.float32)
+    if series.ndim == 2:
+        series = series[None]
+        observed = None if observed is None else np.asarray(observed)[None]
+    if series.ndim != 3:
+        raise ValueError(f"series must be (N, C, T) or (C, T), got shape {series.shape}")
+    if channels is not None and series.shape[1] != channels:
+        raise ValueError(f"series has {series.shape[1]} channels, expected {channels}")
+    observed = np.ones(series.shape, bool) if observed is None else np.asarray(observed, bool)
+    if observed.shape != series.shape:
+        raise ValueError(f"observed has shape {observed.shape}, series has {series.shape}")
+    observed = observed & np.isfinite(series)
+    empty = np.flatnonzero(~observed.any((1, 2)))
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} series have no observed finite value (first: row {empty[0]}); "
+            "there is nothing to embed"
+        )
+    return np.where(observed, series, 0.0).astype(np.float32), observed
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "/"))
+        else:
+            out[path] = np.asarray(value)
+    return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+@dataclasses.dataclass
+class TraceModel:
+    """Encoder config, alignment parameters and (lazily) the frozen text tower."""
+
+    encoder_config: EncoderConfig
+    params: dict  # AlignModel parameters
+    source: str = ""  # where it was loaded from
+    run_config: dict | None = None  # the training run's config, when loaded from a workdir
+    batch_size: int = 256
+    text_encoder: Any = None  # trace_jax.text.TextEncoder, loaded on first use
+
+    def __post_init__(self):
+        self.model = AlignModel(self.encoder_config)
+        self.params = jax.device_put(self.params)
+        self._embed_series = jax.jit(
+            lambda p, s, o, c: self.model.apply({"params": p}, s, o, c, method="embed_series")[
+                "sample"
+            ]
+        )
+        self._project_text = jax.jit(
+            lambda p, t: self.model.apply({"params": p}, t, method="embed_text")
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.encoder_config.d_model
+
+    def embed_series(self, series, observed=None, channel_ids=None) -> np.ndarray:
+        """(N, C, T) or (C, T) windows -> (N, d) float32 unit vectors (the [CLS] embedding)."""
+        series, observed = check_series(series, observed)
+        n, c, _ = series.shape
+        if channel_ids is None:
+            if c > self.encoder_config.num_channels:
+                raise ValueError(
+                    f"series has {c} channels, the model knows {self.encoder_config.num_channels}"
+                )
+            channel_ids = np.broadcast_to(np.arange(c, dtype=np.int32), (n, c))
+        channel_ids = np.asarray(channel_ids, np.int32)
+        if channel_ids.ndim == 1:
+            channel_ids = np.broadcast_to(channel_ids, (n, c))
+        out = []
+        b = self.batch_size
+        for start in range(0, n, b):
+            rows = slice(start, min(start + b, n))
+            pad = b - (rows.stop - rows.start)
+            padded = [
+                np.pad(x[rows], [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+                for x in (series, observed, channel_ids)
+            ]
+            padded[1][rows.stop - rows.start :, :, 0] = True  # padding rows: one observed zero
+            out.append(np.asarray(self._embed_series(self.params, *padded))[: b - pad])
+        return np.concatenate(out)
+
+    def project_text(self, text_embeddings) -> np.ndarray:
+        """Frozen text-tower embeddings (N, 384) -> (N, d) unit vectors in the shared space."""
+        return np.asarray(self._project_text(self.params, jnp.asarray(text_embeddings)))
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings -> (N, d) unit vectors; empty or blank strings are refused."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts given")
+        blank = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if blank:
+            raise ValueError(f"texts {blank[:5]} are empty or not strings; nothing to embed")
+        if self.text_encoder is None:
+            from trace_jax.text import TextEncoder  # pylint: disable=g-import-not-at-top
+
+            self.text_encoder = TextEncoder.load()
+        return self.project_text(self.text_encoder.embed(texts, progress=len(texts) > 2000))
+
+    def build_index(self, series, texts=None, **kwargs):
+        """An index over windows (and their texts): see trace_jax.retrieval.index.Index.build."""
+        from trace_jax.retrieval.index import Index  # pylint: disable=g-import-not-at-top
+
+        return Index.build(self, series, texts=texts, **kwargs)
+
+    # Persistence -----------------------------------------------------------------------
+
+    def save(self, directory) -> pathlib.Path:
+        """Weights (safetensors) and config (JSON): the parameters half of an export."""
+        from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(_flatten(jax.device_get(self.params)), str(directory / EXPORT_WEIGHTS))
+        meta = {"format": "trace_jax.export/1", "encoder": dataclasses.asdict(self.encoder_config)}
+        (directory / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def from_export(cls, directory) -> "TraceModel":
+        from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+        directory = pathlib.Path(directory)
+        meta = json.loads((directory / EXPORT_CONFIG).read_text())
+        params = _unflatten(load_file(str(directory / EXPORT_WEIGHTS)))
+        return cls(EncoderConfig(**meta["encoder"]), params, source=str(directory))
+
+    @classmethod
+    def from_workdir(cls, workdir, step: int | None = None) -> "TraceModel":
+        """The alignment parameters of a training workdir's latest (or given) checkpoint."""
+        import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+        from trace_jax.train.checkpoint import restore_params  # pylint: disable=g-import-not-at-top
+
+        checkpoints = pathlib.Path(workdir).absolute() / "checkpoints"
+        manager = ocp.CheckpointManager(checkpoints)
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {checkpoints}")
+        config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+            "config"
+        ]
+        manager.close()
+        if config.get("stage") != "align":
+            raise ValueError(
+                f"{workdir} holds a {config.get('stage')!r} run; search needs an alignment run"
+            )
+        encoder_config = EncoderConfig.from_mapping(config["model"])
+        model = AlignModel(encoder_config)
+        probe = {
+            "series": jnp.zeros((1, 1, encoder_config.patch_len)),
+            "observed": jnp.ones((1, 1, encoder_config.patch_len), bool),
+            "channel_ids": jnp.zeros((1, 1), jnp.int32),
+            "text_embedding": jnp.zeros((1, 384)),
+            "channel_text_embedding": jnp.zeros((1, 1, 384)),
+            "channel_text_valid": jnp.ones((1, 1), bool),
+        }
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), probe)["params"])
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes
+        )
+        params = restore_params(workdir, {"model": abstract}, step)["model"]
+        return cls(encoder_config, params, source=f"{workdir}@{step}", run_config=config)
+
+
+def load(path) -> TraceModel:
+    """A workdir (its latest checkpoint) or an export directory."""
+    path = pathlib.Path(path)
+    if (path / EXPORT_CONFIG).exists():
+        return TraceModel.from_export(path)
+    if (path / "checkpoints").is_dir():
+        return TraceModel.from_workdir(path)
+    raise FileNotFoundError(
+        f"{path} is neither an export (no {EXPORT_CONFIG}) nor a training workdir "
+        "(no checkpoints/)"
+    )
