@@ -133,3 +133,28 @@ def test_label_metrics_against_brute_force_and_chunking(exclude_self):
     for key in full:
         assert got[key] == pytest.approx(full[key], abs=1e-12)
         assert type(got[key]) is float
+
+
+def test_exclusions_and_candidate_masks_match_brute_force():
+    rng = np.random.default_rng(7)
+    sim = rng.normal(size=(30, 30))
+    labels = rng.integers(0, 3, 30)
+    exclude = rng.random((30, 30)) < 0.3
+    np.fill_diagonal(exclude, True)
+    got = label_metrics(sim, labels, labels, ks=(1, 5), exclude=exclude, chunk_size=7)
+    p1, p5, rr = [], [], []
+    for q in range(30):
+        order = [c for c in np.argsort(-sim[q], kind="stable") if not exclude[q, c]]
+        hits = labels[order] == labels[q]
+        p1.append(hits[:1].mean())
+        p5.append(hits[:5].mean())
+        rr.append(1.0 / (1 + np.argmax(hits)) if hits.any() else 0.0)
+    assert got["label_p@1"] == pytest.approx(np.mean(p1))
+    assert got["label_p@5"] == pytest.approx(np.mean(p5))
+    assert got["label_mrr"] == pytest.approx(np.mean(rr))
+
+    allowed = labels[:, None] == labels[None, :]  # e.g. within one domain
+    got = exact_pair_metrics(sim, ks=(1, 5), candidate_mask=allowed, chunk_size=4)
+    ranks = [1 + np.sum((sim[q] > sim[q, q]) & allowed[q]) for q in range(30)]
+    assert got["hit@1"] == pytest.approx(np.mean(np.array(ranks) <= 1))
+    assert got["mrr"] == pytest.approx(np.mean(1.0 / np.array(ranks)))

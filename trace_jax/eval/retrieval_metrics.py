@@ -43,11 +43,13 @@ def _check_ks(ks: Sequence[int]) -> tuple:
 
 
 def exact_pair_metrics(
-    sim, ks: Sequence[int] = (1, 5, 10), *, chunk_size: int = 1024
+    sim, ks: Sequence[int] = (1, 5, 10), *, candidate_mask=None, chunk_size: int = 1024
 ) -> Dict[str, float]:
     """hit@k and MRR where query i's only correct candidate is candidate i.
 
     The rank of the positive is 1 + the number of other candidates whose score is >= its own.
+    `candidate_mask`, (n_queries, n_candidates) bool, limits each query to some candidates
+    (e.g. those of its own domain); the positive always competes.
     Returns {"hit@k": ..., "mrr": ..., "n_queries": ...}.
     """
     nq, nc = _shape(sim)
@@ -62,8 +64,12 @@ def exact_pair_metrics(
         local = np.arange(block.shape[0])
         cols = local + rows.start
         positive = block[local, cols]
+        ahead = block >= positive[:, None]
+        if candidate_mask is not None:
+            ahead &= np.asarray(candidate_mask[rows], bool)
+            ahead[local, cols] = True
         # >= counts the positive itself, so this is already 1 + the candidates ahead of it.
-        ranks[rows] = np.count_nonzero(block >= positive[:, None], axis=1)
+        ranks[rows] = np.count_nonzero(ahead, axis=1)
     out = {f"hit@{k}": float(np.mean(ranks <= k)) if nq else 0.0 for k in ks}
     out["mrr"] = float(np.mean(1.0 / ranks)) if nq else 0.0
     out["n_queries"] = float(nq)
@@ -77,16 +83,18 @@ def label_metrics(
     ks: Sequence[int] = (1, 5),
     exclude_self: bool = False,
     *,
+    exclude=None,
     chunk_size: int = 1024,
 ) -> Dict[str, float]:
     """Label precision@k and label MRR.
 
     label_p@k: fraction of the top-k candidates whose label equals the query's, averaged over
-    queries (k is capped at the number of available candidates). label_mrr: mean reciprocal
-    rank of the first candidate with the query's label (0 for a query whose label no candidate
-    has). exclude_self drops candidate i for query i (series -> series retrieval; needs
-    n_queries <= n_candidates). No full sort: the k-th best score is found by partitioning
-    and ties at the boundary are resolved pessimistically by counting.
+    queries (k is capped at the number of candidates available to the query). label_mrr: mean
+    reciprocal rank of the first candidate with the query's label (0 for a query whose label no
+    candidate has). exclude_self drops candidate i for query i (series -> series retrieval;
+    needs n_queries <= n_candidates); `exclude`, an (n_queries, n_candidates) bool array, drops
+    any other pairs (e.g. windows overlapping the query's in time). Ties at the k-th score are
+    resolved pessimistically by counting.
     """
     nq, nc = _shape(sim)
     ks = _check_ks(ks)
@@ -96,11 +104,8 @@ def label_metrics(
         raise ValueError(f"labels must be ({nq},) and ({nc},), got {qlab.shape} and {clab.shape}")
     if exclude_self and nq > nc:
         raise ValueError(f"exclude_self needs n_queries <= n_candidates, got {nq} > {nc}")
-    n_avail = nc - 1 if exclude_self else nc
-    if n_avail < 1:
-        raise ValueError("no candidate left to retrieve")
-    eff = {k: min(k, n_avail) for k in ks}
-    kth_positions = sorted({nc - eff[k] for k in ks})  # positions in ascending order
+    if exclude is not None and np.shape(exclude) != (nq, nc):
+        raise ValueError(f"exclude must be ({nq}, {nc}), got {np.shape(exclude)}")
 
     # Per-query values (not running sums) so the result does not depend on chunk_size.
     precision = {k: np.zeros(nq) for k in ks}
@@ -109,14 +114,17 @@ def label_metrics(
         block = _block(sim, rows)
         if not np.issubdtype(block.dtype, np.floating):
             block = block.astype(np.float64)
-        relevant = qlab[rows][:, None] == clab[None, :]
         available = np.ones(block.shape, bool)
+        if exclude is not None:
+            available &= ~np.asarray(exclude[rows], bool)
         if exclude_self:
             local = np.arange(block.shape[0])
-            block = block.copy()
-            block[local, local + rows.start] = -np.inf  # now the smallest score of its row
             available[local, local + rows.start] = False
-            relevant = relevant & available
+        n_avail = available.sum(axis=1)
+        if (n_avail < 1).any():
+            raise ValueError("a query has no candidate left to retrieve")
+        block = np.where(available, block, -np.inf)  # excluded pairs sort last
+        relevant = (qlab[rows][:, None] == clab[None, :]) & available
         irrelevant = available & ~relevant
 
         # Label MRR: first relevant rank = 1 + irrelevant candidates scoring >= the best relevant.
@@ -125,20 +133,19 @@ def label_metrics(
         ahead = np.count_nonzero(irrelevant & (block >= best_rel[:, None]), axis=1)
         rr[rows] = np.where(any_rel, 1.0 / (1.0 + ahead), 0.0)
 
-        # P@k: with t the k-th best score, take every candidate > t, then fill the remaining
-        # slots from the ties at t, irrelevant ones first.
-        part = np.partition(block, kth_positions, axis=1)
+        # P@k: with t the k-th best available score, take every candidate > t, then fill the
+        # remaining slots from the ties at t, irrelevant ones first.
+        descending = -np.sort(-block, axis=1)
         for k in ks:
-            ke = eff[k]
-            t = part[:, nc - ke][:, None]
+            ke = np.minimum(k, n_avail)
+            t = np.take_along_axis(descending, (ke - 1)[:, None], axis=1)
             above = available & (block > t)
             tied = available & (block == t)
             n_above = np.count_nonzero(above, axis=1)
             rel_above = np.count_nonzero(above & relevant, axis=1)
             irr_tied = np.count_nonzero(tied & ~relevant, axis=1)
             rel_tied = np.count_nonzero(tied & relevant, axis=1)
-            slots = ke - n_above
-            rel_taken = np.clip(slots - irr_tied, 0, rel_tied)
+            rel_taken = np.clip(ke - n_above - irr_tied, 0, rel_tied)
             precision[k][rows] = (rel_above + rel_taken) / ke
     out = {f"label_p@{k}": float(np.mean(precision[k])) if nq else 0.0 for k in ks}
     out["label_mrr"] = float(np.mean(rr)) if nq else 0.0
