@@ -87,6 +87,14 @@ def overlap_exclusion(data) -> np.ndarray:
     return (overlap & (group[:, None] == group[None, :])) | np.eye(len(start), dtype=bool)
 
 
+def same_group_mask(data):
+    """(texts, texts) for the captioned windows: same series (domain); None for one series."""
+    if len(np.unique(data["group"])) < 2:
+        return None
+    g = data["group"][data["has_text"]]
+    return g[:, None] == g[None, :]
+
+
 def text_series_metrics(sim_ts, labels, same_group=None) -> dict:
     """Both directions of an exact-pair (texts x series) similarity matrix."""
     from trace_jax.eval.retrieval_metrics import exact_pair_metrics, label_metrics
@@ -118,14 +126,12 @@ def evaluate_model(model, data) -> dict:
     t = time.time()
     z_series = model.embed_series(data["series"], data["observed"], data["channel_ids"])
     captioned = data["has_text"]
-    z_text = model.project_text(data["text_embedding"][captioned])
-    same_group = None
-    if len(np.unique(data["group"])) > 1:
-        g = data["group"][captioned]
-        same_group = g[:, None] == g[None, :]
-    result = text_series_metrics(
-        z_text @ z_series[captioned].T, data["label"][captioned], same_group
-    )
+    result = {}
+    if captioned.any():  # years without captions: series->series only
+        z_text = model.project_text(data["text_embedding"][captioned])
+        result = text_series_metrics(
+            z_text @ z_series[captioned].T, data["label"][captioned], same_group_mask(data)
+        )
     result.update(
         series_series_metrics(z_series @ z_series.T, data["label"], overlap_exclusion(data))
     )
@@ -142,13 +148,13 @@ def evaluate_baselines(names, data, seed: int) -> dict[str, dict]:
         t = time.time()
         if name == "random":
             n = int(data["has_text"].sum())
-            same_group = None
-            if len(np.unique(data["group"])) > 1:
-                g = data["group"][data["has_text"]]
-                same_group = g[:, None] == g[None, :]
-            result = text_series_metrics(
-                random_similarity(n, n, seed), data["label"][data["has_text"]], same_group
-            )
+            result = {}
+            if n:
+                result = text_series_metrics(
+                    random_similarity(n, n, seed),
+                    data["label"][data["has_text"]],
+                    same_group_mask(data),
+                )
             n_all = len(data["label"])
             result.update(
                 series_series_metrics(
