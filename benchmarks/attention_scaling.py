@@ -90,6 +90,12 @@ def parse_args(argv=None):
         help="recompute each block in the backward pass (EncoderConfig.remat)",
     )
     parser.add_argument(
+        "--scan",
+        action="store_true",
+        help="run the blocks as one nn.scan (EncoderConfig.scan_layers); with --remat this "
+        "is what bounds memory on XLA:CPU",
+    )
+    parser.add_argument(
         "--memory-budget-gib",
         type=float,
         default=None,
@@ -112,7 +118,9 @@ def parse_args(argv=None):
     return args
 
 
-def make_config(mode: str, dropout: float, remat: bool = False) -> EncoderConfig:
+def make_config(
+    mode: str, dropout: float, remat: bool = False, scan: bool = False
+) -> EncoderConfig:
     return EncoderConfig(
         patch_len=6,
         d_model=384,
@@ -125,6 +133,7 @@ def make_config(mode: str, dropout: float, remat: bool = False) -> EncoderConfig
         attention_dropout=0.0,
         dtype="float32",
         remat=remat,
+        scan_layers=scan,
     )
 
 
@@ -214,7 +223,7 @@ def xla_bytes(compiled):
 
 def run_config(mode, channels, args, params, param_count, rss_start):
     """Times one (mode, C); returns (median step seconds or None, line to print)."""
-    cfg = make_config(mode, args.dropout, args.remat)
+    cfg = make_config(mode, args.dropout, args.remat, args.scan)
     label = f"{mode:>14s} C={channels:<4d}"
     estimate, note = estimate_peak_bytes(cfg, channels, args.batch, param_count)
     # Memory this process already holds (freed buffers kept by the allocator) is reusable;
@@ -306,7 +315,7 @@ def main(argv=None) -> int:
 
     # Parameters depend on neither C (the CIT table is fixed at 128) nor the mode: init once,
     # on a small input, so no dense mask is ever built eagerly.
-    init_cfg = make_config("block_diagonal", args.dropout)
+    init_cfg = make_config("block_diagonal", args.dropout, args.remat, args.scan)
     params = TraceEncoder(init_cfg).init(jax.random.key(0), jnp.zeros((1, 1, TIME_STEPS)))
     param_count = sum(x.size for x in jax.tree_util.tree_leaves(params))
     print(f"parameters: {param_count:,}", flush=True)

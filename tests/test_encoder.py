@@ -1,6 +1,7 @@
 """The Flax encoder against the independent float64 numpy reference, and its input contract."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from trace_jax.model import EncoderConfig, TraceEncoder
 from trace_jax.model.activations import gelu
 from trace_jax.model.attention import block_diagonal_attention, dense_attention
 from trace_jax.model.layout import TokenLayout
+from trace_jax.model.partitioning import logical_axes
 
 TINY = EncoderConfig(
     patch_len=4, d_model=32, num_heads=4, num_layers=2, mlp_dim=64, num_channels=8, dropout=0.0
@@ -244,3 +246,28 @@ def test_gelu_custom_gradient_matches_autodiff():
     ours = jax.grad(lambda v: jnp.sum(gelu(v) * jnp.cos(v)))(x)
     ref = jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False) * jnp.cos(v)))(x)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)
+
+
+def test_scanned_layers_equal_unrolled_layers_forward_and_gradient():
+    cfg = EncoderConfig(d_model=32, num_heads=4, num_layers=3, mlp_dim=64, num_channels=8)
+    scanned_cfg = dataclasses.replace(cfg, scan_layers=True, remat=True)
+    x = jax.random.normal(jax.random.key(0), (2, 3, 24))
+    params = TraceEncoder(cfg).init(jax.random.key(1), x)["params"]
+    blocks = [params[f"block_{i}"] for i in range(3)]
+    stacked = {k: v for k, v in params.items() if not k.startswith("block_")}
+    stacked["blocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+
+    def loss(model, p):
+        out = model.apply({"params": p}, x)
+        return jnp.sum(out["cls"] ** 2) + jnp.sum(out["channels"] ** 2)
+
+    a, ga = jax.value_and_grad(functools.partial(loss, TraceEncoder(cfg)))(params)
+    b, gb = jax.value_and_grad(functools.partial(loss, TraceEncoder(scanned_cfg)))(stacked)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    for i in range(3):
+        for x1, x2 in zip(
+            jax.tree.leaves(ga[f"block_{i}"]),
+            jax.tree.leaves(jax.tree.map(lambda v: v[i], gb["blocks"]["block"])),
+        ):
+            np.testing.assert_allclose(x1, x2, rtol=1e-4, atol=1e-5)
+    assert logical_axes("model/encoder/blocks/block/mlp/fc1/kernel", 3) == (None, "embed", "mlp")

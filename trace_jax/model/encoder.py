@@ -47,6 +47,11 @@ class EncoderConfig:
     # Recompute each block's activations in the backward pass instead of keeping them: memory
     # per layer drops from all intermediates to the block input.
     remat: bool = False
+    # Run the blocks as one nn.scan over stacked parameters (params["blocks"], leading axis =
+    # layer) instead of block_0..block_{n-1}. With remat this is what bounds memory on XLA:CPU,
+    # whose scheduler otherwise runs every block's recomputation up front (memory as without
+    # remat); it also compiles one block instead of num_layers.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.channel_bias not in CHANNEL_BIAS_MODES:
@@ -146,6 +151,20 @@ class EncoderBlock(nn.Module):
         return norm("mlp_norm")(h + drop(mlp, deterministic=deterministic))
 
 
+class ScannedBlock(nn.Module):
+    """One EncoderBlock as a scan body: (h, per-layer nothing) -> (h, None)."""
+
+    config: EncoderConfig
+    layout: TokenLayout
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, h, key_valid, rope):
+        h = nn.with_logical_constraint(h, ("batch", None, None))
+        block = EncoderBlock(self.config, name="block")
+        return block(h, self.layout, key_valid, rope, self.deterministic), None
+
+
 # Periods (in the data's units) of the sinusoidal features of a channel's level.
 LEVEL_SCALES = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -230,13 +249,24 @@ class TraceEncoder(nn.Module):
             rotary_dims(cfg.d_model // cfg.num_heads, cfg.rope_fraction),
             cfg.rope_base,
         )
-        # Static under remat: the layout (hashable) and the deterministic flag (self is argnum 0).
-        block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
-        for i in range(cfg.num_layers):
-            # Between blocks the batch is split over the batch axes and nothing else, so FSDP-
-            # and model-sharded weights are gathered or reduced inside a block, never here.
-            h = nn.with_logical_constraint(h, ("batch", None, None))
-            h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
+        if cfg.scan_layers:
+            body = nn.remat(ScannedBlock, prevent_cse=False) if cfg.remat else ScannedBlock
+            blocks = nn.scan(
+                body,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.num_layers,
+            )(cfg, layout, deterministic, name="blocks")
+            h, _ = blocks(h, key_valid, rope)
+        else:
+            # Static under remat: the layout (hashable) and the deterministic flag.
+            block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
+            for i in range(cfg.num_layers):
+                # Between blocks the batch is split over the batch axes and nothing else, so
+                # FSDP- and model-sharded weights are gathered or reduced inside a block.
+                h = nn.with_logical_constraint(h, ("batch", None, None))
+                h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
 
         h = h.astype(jnp.float32)
         per_channel = h[:, 1:].reshape(b, c, n + 1, cfg.d_model)

@@ -38,6 +38,8 @@ def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
     An unnamed matrix would silently stay replicated on every device, the costly mistake a
     new layer makes; vectors and scalars replicate by design.
     """
+    if re.search(r"(^|/)blocks/", path):  # scanned blocks: a leading layer axis, never split
+        return (None,) + logical_axes(path.replace("blocks/", "blocks_layer/", 1), ndim - 1)
     for pattern, names in PARAM_AXES:
         if re.search(pattern, path):
             if len(names) != ndim:
