@@ -46,8 +46,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
 
 def load_split(dataset, data_dir, split, manual_dir=None, builder_config=None) -> dict:
     """Every example of a split as stacked arrays (series, texts, labels, spans, groups)."""
-    from trace_jax.data.build import build  # pylint: disable=g-import-not-at-top
-    from trace_jax.data.registry import builder_class  # pylint: disable=g-import-not-at-top
+    from trace_jax.data.registry import build, builder_class  # pylint: disable=g-import-not-at-top
 
     builder = builder_class(dataset)(data_dir=data_dir, config=builder_config)
     if not builder.is_prepared():

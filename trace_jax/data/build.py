@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-from trace_jax.data.registry import BUILDERS, builder_class
+from trace_jax.data.registry import BUILDERS, build
 
 _DATASET = flags.DEFINE_enum("dataset", None, list(BUILDERS), "Which data set to build.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data_dir", "Where the built data set goes.")
@@ -25,25 +25,6 @@ _CONFIG = flags.DEFINE_string("builder_config", None, "Builder config name (defa
 _TEXT_CACHE = flags.DEFINE_string(
     "text_cache_dir", None, "Text-embedding cache (default ~/.cache/trace_jax)."
 )
-
-
-def build(
-    dataset: str,
-    data_dir: str,
-    manual_dir: str | None = None,
-    config: str | None = None,
-    text_cache_dir: str | None = None,
-):
-    """Builds `dataset` into `data_dir` and returns the prepared builder."""
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-    builder = builder_class(dataset)(
-        data_dir=data_dir, config=config, text_cache_dir=text_cache_dir
-    )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-    )
-    return builder
 
 
 def main(argv):
