@@ -6,15 +6,21 @@ import pathlib
 import jax
 import numpy as np
 
-from trace_jax.data.sources import load_sources
 from trace_jax.train import sharding as shard_lib
 from trace_jax.train.align import AlignTask
 from trace_jax.train.checkpoint import Checkpointer
-from trace_jax.train.loop import build_trainer, example_batch
+from trace_jax.train.classify import ClassifyTask
+from trace_jax.train.forecast import ForecastTask
+from trace_jax.train.loop import build_trainer, example_batch, task_sources
 from trace_jax.train.pretrain import PretrainTask
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TASKS = {"align": AlignTask, "pretrain": PretrainTask}
+TASKS = {
+    "align": AlignTask,
+    "pretrain": PretrainTask,
+    "forecast": ForecastTask,
+    "classify": ClassifyTask,
+}
 
 
 def tiny_config(stage, text_cache_dir, **train):
@@ -35,7 +41,7 @@ def read_params(workdir, config):
     """
     task = TASKS[config.stage](config)
     mesh = shard_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    source, _ = load_sources(config.data)
+    source, _ = task_sources(config, task)
     trainer = build_trainer(config, task, mesh, example_batch(source))
     checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=100, every=1)
     step = checkpointer.latest_step()

@@ -91,11 +91,12 @@ def test_exclusions(kinds):
     own = rng.integers(0, 150, 19)
     data = exclusion_data(rng, own, 150)
     queries[:10] = bank[own[:10]]  # their own item is their best match unless excluded
-    kwargs = {
-        f"{side}_{kind}": data[f"{side}_{kind}"] for kind in kinds for side in ("query", "bank")
-    }
-    got = topk(queries, bank, 6, devices=jax.local_devices()[:1], block_rows=16, **kwargs)
-    assert_same(got, brute_force(queries, bank, 6, eligible(data, kinds)))
+    bank_keys = {f"bank_{kind}": data[f"bank_{kind}"] for kind in kinds}
+    query_keys = {f"query_{kind}": data[f"query_{kind}"] for kind in kinds}
+    device_bank = put_bank(bank, block_rows=16, devices=jax.local_devices()[:1], **bank_keys)
+    for group in (2, 16):  # two-stage (6 * 2 < 16) and direct block top-k
+        got = search(device_bank, queries, 6, group=group, **query_keys)
+        assert_same(got, brute_force(queries, bank, 6, eligible(data, kinds)))
 
 
 def test_unused_bank_keys_exclude_nothing():

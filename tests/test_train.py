@@ -220,7 +220,7 @@ def test_alignment_starts_from_a_pretraining_checkpoint(tmp_path, text_cache_dir
     trainer = build_trainer(config, task, shard_lib.make_mesh(config.mesh), example)
     checkpointer = Checkpointer(tmp_path / "align", keep=1, every=1)
     with jax.set_mesh(trainer.mesh):
-        state = initial_state(config, trainer, example, checkpointer, train_iter=None)
+        state = initial_state(task, trainer, example, checkpointer, train_iter=None)
     checkpointer.close()
     for name in ("encoder", "reconstruction"):
         started = jax.tree.map(np.asarray, state["params"]["model"][name])

@@ -49,7 +49,15 @@ def task_for(config):
     from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
     from trace_jax.train.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
 
-    tasks = {"align": AlignTask, "pretrain": PretrainTask}
+    from trace_jax.train.classify import ClassifyTask  # pylint: disable=g-import-not-at-top
+    from trace_jax.train.forecast import ForecastTask  # pylint: disable=g-import-not-at-top
+
+    tasks = {
+        "align": AlignTask,
+        "pretrain": PretrainTask,
+        "forecast": ForecastTask,
+        "classify": ClassifyTask,
+    }
     if config.stage not in tasks:
         raise ValueError(f"unknown stage {config.stage!r}; choose from {sorted(tasks)}")
     return tasks[config.stage](config)

@@ -10,6 +10,9 @@ Batches are dicts of numpy arrays (strings dropped)::
     channel_text_embedding (B, C, D)  channel_text_valid (B, C)    index (B,) int64
     valid (B,) bool                   (False on padding rows; all True when drop_remainder)
 
+plus any numeric key a source names in its ``extra_batch_keys`` attribute (task-specific
+inputs, e.g. forecasting targets), stacked as they are.
+
 ``text_embedding`` is ONE of the ``num_texts`` real paraphrases, sampled per example and epoch
 by a hash of (seed, epoch, source index) (training), or paraphrase 0 (evaluation); zeros when
 the example has no text.
@@ -196,6 +199,10 @@ class LocalBatchReader:
             "label": ((), np.int32),
             "index": ((), np.int64),
             "valid": ((), np.bool_),
+            **{
+                k: (np.shape(ex[k]), np.asarray(ex[k]).dtype)
+                for k in getattr(self.source, "extra_batch_keys", ())
+            },
         }
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -244,6 +251,8 @@ class LocalBatchReader:
             [np.asarray(ex["channel_text_valid"], bool) for ex in examples]
         )
         batch["label"][:n] = [int(ex["label"]) for ex in examples]
+        for k in getattr(self.source, "extra_batch_keys", ()):
+            batch[k][:n] = np.stack([np.asarray(ex[k]) for ex in examples])
         batch["index"][:n] = index
         batch["valid"][:n] = True
         return batch

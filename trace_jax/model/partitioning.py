@@ -29,6 +29,8 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"text_proj/kernel$", ("text_embed", "embed")),
     (r"series_proj/kernel$", ("embed", None)),
     (r"(reconstruction|classifier)/kernel$", ("embed", None)),
+    # Downstream heads (trace_jax/forecast): small, whole on every device.
+    (r"(head|rag_projection|trend|seasonal)/kernel$", (None, None)),
 )
 
 

@@ -254,12 +254,15 @@ def search(
 
     queries: (q, d) float. query_ids / query_groups: (q,) ints, query_spans: (q, 2) ints
     [start, end); each turns on its exclusion and needs the bank's matching keys.
-    query_block: queries per step (rounded to a power of two); group: items per group in the
-    two-stage block top-k.
+    query_block: queries per step (at most; fewer queries round up to a power of two).
+    group: items per group in the two-stage block top-k; blocks whose rows are not a multiple of
+    it, or are at most k * group, take the top-k of every score directly.
     Returns (scores float32 (q, k), ids int64 (q, k)), best first, ties to the lower bank index;
     slots beyond the eligible items hold score -inf and id -1.
     """
     k = int(k)
+    if query_block < 1 or group < 1:
+        raise ValueError(f"query_block and group must be >= 1, got {query_block}, {group}")
     if not 1 <= k <= bank.size:
         raise ValueError(f"k must be in 1..{bank.size} (the bank size), got {k}")
     queries = _vectors("queries", queries, bank.dim)

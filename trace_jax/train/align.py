@@ -23,9 +23,11 @@ class AlignTask:
     """Pure pieces of the alignment trainer: init, loss, evaluation embeddings and metrics."""
 
     requires_text = True
+    shared_modules = ("encoder", "reconstruction")  # taken from a pretraining run (init_from)
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config.align
+        self.init_from = self.config.init_from
         self.encoder_config = EncoderConfig.from_mapping(config.model.to_dict())
         self.model = AlignModel(
             self.encoder_config,

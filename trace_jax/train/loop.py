@@ -112,6 +112,15 @@ def evaluate(task, params, source, eval_fn, batch_sharding, batch_size: int) -> 
     return task.eval_metrics({k: np.concatenate(v) for k, v in collected.items()})
 
 
+def task_sources(config, task):
+    """(train, validation) sources of the configured data, with the task's own inputs added
+    (e.g. retrieved context for forecasting) when it has any."""
+    train, validation = load_sources(config.data)
+    if hasattr(task, "prepare_sources"):
+        train, validation = task.prepare_sources(train, validation)
+    return train, validation
+
+
 def example_batch(source) -> dict[str, np.ndarray]:
     """One host batch holding the source's first example: shapes and dtypes for initialisation."""
     batch = next(iter(pipeline.make_eval_batches(source, 1, shard_index=0, shard_count=1)))
@@ -143,7 +152,7 @@ def _with_rules(fn, rules):
 
 
 def build_trainer(config, task, mesh, example) -> Trainer:
-    optimizer = make_optimizer(config.train)
+    optimizer = make_optimizer(config.train, getattr(task, "trainable", None))
     make_state = functools.partial(init_state, task, optimizer, config.seed)
     abstract = jax.eval_shape(make_state, example)
     rules = tuple((name, axes) for name, axes in config.sharding.rules)
@@ -176,18 +185,18 @@ def build_trainer(config, task, mesh, example) -> Trainer:
     )
 
 
-def initial_state(config, trainer: Trainer, example, checkpointer, train_iter):
+def initial_state(task, trainer: Trainer, example, checkpointer, train_iter):
     """The latest checkpoint's state (and data position), else a fresh one."""
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(trainer.abstract_state, train_iter)
         logging.info("resumed from step %d", int(state["step"]))
         return state
     state = trainer.init(example)
-    init_from = config.get("align", {}).get("init_from", "")
+    init_from = getattr(task, "init_from", "")
     if init_from:
-        # The modules alignment shares with pretraining, under the same names.
+        # The modules the task shares with the earlier stage's model, under the same names.
         model = trainer.abstract_state["params"]["model"]
-        shared = {k: model[k] for k in ("encoder", "reconstruction") if k in model}
+        shared = {k: model[k] for k in task.shared_modules if k in model}
         restored = restore_params(init_from, {"model": shared})["model"]
         state["params"]["model"].update(restored)
         logging.info("%s initialised from %s", " and ".join(restored), init_from)
@@ -200,7 +209,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
     train_cfg = config.train
 
     # Data and mesh.
-    train_source, validation_source = load_sources(config.data)
+    train_source, validation_source = task_sources(config, task)
     mesh = shard_lib.make_mesh(config.mesh)
     shard_lib.local_batch_size(train_cfg.batch_size, mesh)  # checks divisibility early
     example = example_batch(train_source)
@@ -219,7 +228,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
     writer = MetricsWriter(workdir)
 
     with jax.set_mesh(mesh):
-        state = initial_state(config, trainer, example, checkpointer, train_iter)
+        state = initial_state(task, trainer, example, checkpointer, train_iter)
 
         def run_eval(params):
             return evaluate(

@@ -18,15 +18,37 @@ def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with warmup+cosine and global-norm clipping; no decay on biases, norms, scalars."""
+def make_optimizer(
+    train: ml_collections.ConfigDict, trainable=None
+) -> optax.GradientTransformation:
+    """AdamW with warmup+cosine and global-norm clipping; no decay on biases, norms, scalars.
+
+    trainable: optional params -> pytree of bools; parameters marked False never change (a
+    frozen encoder under a trained head) and carry no Adam moments.
+    """
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    return optax.chain(
+    adamw = optax.chain(
         optax.clip_by_global_norm(train.grad_clip),
         optax.adamw(
             learning_rate_schedule(train), weight_decay=train.weight_decay, mask=decay_mask
         ),
     )
+    if trainable is None:
+        return adamw
+    labels = lambda params: jax.tree.map(lambda t: "train" if t else "freeze", trainable(params))
+    return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels)
+
+
+def head_and_last_blocks(params, num_layers: int, tune_last_blocks: int):
+    """Trainable marks for a head on a frozen encoder: all but `encoder`, plus its last
+    `tune_last_blocks` blocks (light tuning)."""
+    tuned = {f"block_{i}" for i in range(num_layers - tune_last_blocks, num_layers)}
+
+    def mark(path, _):
+        keys = [getattr(k, "key", None) for k in path]
+        return "encoder" not in keys or any(k in tuned for k in keys)
+
+    return jax.tree_util.tree_map_with_path(mark, params)
 
 
 def init_state(task, optimizer, seed: int, batch) -> dict:
