@@ -52,11 +52,14 @@ def test_retrieval_never_leaks_on_real_time_mmd_windows(domain, aligned):
         for e in split:
             e["context_embedding"] = np.zeros((1, 384), np.float32)
     model = trace_jax.load(aligned)
-    bank = sources.windows(out["train"])
     channel = tm.CHANNEL_VOCAB[(domain, "OT")]
+    stack = lambda split: sources.windows(
+        [sources.forecast_example(e, 12, channel) for e in out[split]]
+    )
+    bank = stack("train")
     for name in ("train", "test"):
-        queries = sources.windows(out[name])
-        rag = sources.retrieve_context(model, channel, bank, queries, top_r=5)
+        queries = stack(name)
+        rag = sources.retrieve_context(model, bank, queries, top_r=5)
         allowed = sources.eligible(bank, queries)
         ids = rag["rag_ids"]
         rows = np.nonzero(ids >= 0)
@@ -69,8 +72,7 @@ def test_retrieval_never_leaks_on_real_time_mmd_windows(domain, aligned):
         np.testing.assert_array_equal((ids >= 0).sum(1), np.minimum(5, allowed.sum(1)))
         # And they are the most similar eligible windows.
         z = lambda w: model.embed_series(
-            np.where(w["observed"], w["series"], np.nan),
-            channel_ids=np.full((len(w["series"]), 1), channel, np.int32),
+            np.where(w["observed"], w["series"], np.nan), channel_ids=w["channel_ids"]
         )
         sim = np.where(allowed, z(queries) @ z(bank).T, -np.inf)
         q = int(np.argmax(allowed.sum(1) >= 5))
@@ -125,3 +127,20 @@ def test_classification_head_on_the_frozen_encoder(aligned, tmp_path):
     metrics = train_and_evaluate(config, tmp_path / "cls", ClassifyTask(config))
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
     assert metrics["num_labelled"] > 0
+
+
+def test_forecasting_schema_windows_splits_history_and_target(aligned, tmp_path):
+    """Windows of any schema data set (here the synthetic one, as for Weather-Captioned): the
+    last `horizon` steps are the target, channels standardised with the training split."""
+    config = tiny_config("forecast", tmp_path / "cache")
+    config.data.name = "synthetic"
+    config.forecast.update(horizon=16, encoder_from=str(aligned), rag="series_text")
+    task = ForecastTask(config)
+    from trace_jax.data.sources import load_sources
+
+    train, validation = task.prepare_sources(*load_sources(config.data))
+    x = validation[0]
+    assert x["series"].shape == (5, 80) and x["target"].shape == (5, 16)
+    assert x["rag_valid"].dtype == bool and x["rag_series"].shape == (5, 32)
+    metrics = train_and_evaluate(config, tmp_path / "fc", ForecastTask(config))
+    assert np.isfinite(metrics["mse"]) and metrics["seasonal_naive_mse"] > 0

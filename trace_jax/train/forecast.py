@@ -19,13 +19,7 @@ from trace_jax.forecast.baselines import DLinear, last_value, seasonal_naive
 from trace_jax.forecast.models import RAG_MODES, ForecastModel
 from trace_jax.train.state import head_and_last_blocks
 
-SEASON = {"daily": 7, "weekly": 52, "monthly": 12}
-
-
-def _masked_errors(pred, target, observed):
-    observed = observed.astype(jnp.float32)
-    err = (pred - target) * observed
-    return jnp.sum(err**2, -1), jnp.sum(jnp.abs(err), -1), jnp.sum(observed, -1)
+SEASON = {"daily": 7, "weekly": 52, "monthly": 12}  # seasonal-naive periods of Time-MMD
 
 
 class ForecastTask:
@@ -64,35 +58,44 @@ class ForecastTask:
         )  # pylint: disable=g-import-not-at-top
 
         first = train[0]
-        domain = forecast_sources.decode(first["domain"])
-        if np.shape(first["target"])[-1] != self.config.horizon:
+        channel, scaler = 0, None
+        if forecast_sources.is_time_mmd(first):
+            domain = forecast_sources.decode(first["domain"])
+            channel = CHANNEL_VOCAB[(domain, "OT")]
+            season = SEASON[FREQUENCY[domain]]
+        else:  # schema windows, e.g. Weather-Captioned: standardise with the training split
+            scaler = forecast_sources.fit_scaler([train[i] for i in range(len(train))])
+            season = 0
+        convert = lambda e: forecast_sources.forecast_example(
+            e, self.config.horizon, channel, scaler
+        )
+        example = convert(first)
+        if example["target"].shape[-1] != self.config.horizon:
             raise ValueError(
                 f"forecast.horizon={self.config.horizon} but the data's targets have "
-                f"{np.shape(first['target'])[-1]} steps"
+                f"{example['target'].shape[-1]} steps"
             )
-        self.season = self.config.season_period or SEASON[FREQUENCY[domain]]
-        lookback = np.shape(first["history"])[-1]
+        lookback = example["series"].shape[-1]
+        self.season = self.config.season_period or season or lookback
         if self.season > lookback:
             logging.warning(
                 "seasonal period %d > lookback %d: using %d", self.season, lookback, lookback
             )
             self.season = lookback
-        channel = CHANNEL_VOCAB[(domain, "OT")]
         dim = self.aligned.dim if self.aligned is not None else 1
         rag = {"train": None, "validation": None}
         if self.config.rag != "none":
-            bank = forecast_sources.windows([train[i] for i in range(len(train))])
+            converted = lambda split: forecast_sources.windows(
+                [convert(split[i]) for i in range(len(split))]
+            )
+            bank = converted(train)
             for name, split in (("train", train), ("validation", validation)):
-                queries = (
-                    bank
-                    if split is train
-                    else forecast_sources.windows([split[i] for i in range(len(split))])
-                )
+                queries = bank if split is train else converted(split)
                 rag[name] = forecast_sources.retrieve_context(
-                    self.aligned, channel, bank, queries, self.config.top_r
+                    self.aligned, bank, queries, self.config.top_r
                 )
         make = lambda split, r: forecast_sources.ForecastSource(
-            split, channel, r, self.config.top_r, dim
+            split, convert, r, self.config.top_r, dim
         )
         return make(train, rag["train"]), make(validation, rag["validation"])
 
@@ -119,18 +122,18 @@ class ForecastTask:
 
     def loss(self, params, batch, rng):
         pred = self._predict(params, batch, deterministic=False, rngs={"dropout": rng})
-        sq, _, count = _masked_errors(pred[:, 0], batch["target"], batch["target_observed"])
-        loss = jnp.sum(sq) / jnp.maximum(jnp.sum(count), 1.0)
+        observed = batch["target_observed"].astype(jnp.float32)
+        err = (pred - batch["target"]) * observed
+        loss = jnp.sum(err**2) / jnp.maximum(jnp.sum(observed), 1.0)
         return loss, {"loss": loss, "mse": loss}
 
     def eval_outputs(self, params, batch):
-        pred = self._predict(params, batch)[:, 0]
         return {
-            "pred": pred,
+            "pred": self._predict(params, batch),
             "target": batch["target"],
             "target_observed": batch["target_observed"],
-            "history": batch["series"][:, 0],
-            "history_observed": batch["observed"][:, 0],
+            "history": batch["series"],
+            "history_observed": batch["observed"],
         }
 
     def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
