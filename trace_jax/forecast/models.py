@@ -4,11 +4,20 @@ classification."""
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from trace_jax.model.encoder import EncoderConfig, TraceEncoder
 
 RAG_MODES = ("none", "series", "series_text")
+
+
+def encode(config: EncoderConfig, batch, deterministic: bool, frozen: bool) -> dict:
+    """The encoder's outputs for a batch; constants for the backward pass when frozen."""
+    out = TraceEncoder(config, name="encoder")(
+        batch["series"], batch["observed"], batch["channel_ids"], deterministic=deterministic
+    )
+    return jax.lax.stop_gradient(out) if frozen else out
 
 
 class ForecastModel(nn.Module):
@@ -25,12 +34,11 @@ class ForecastModel(nn.Module):
     horizon: int
     rag: str = "none"
     prompt_dim: int = 32
+    frozen_encoder: bool = False  # no gradient through the encoder: head-only training is cheap
 
     @nn.compact
     def __call__(self, batch, *, deterministic=True):
-        out = TraceEncoder(self.config, name="encoder")(
-            batch["series"], batch["observed"], batch["channel_ids"], deterministic=deterministic
-        )
+        out = encode(self.config, batch, deterministic, self.frozen_encoder)
         b, c, n, d = out["tokens"].shape
         features = out["tokens"].reshape(b, c, n * d)
         if self.rag != "none":
@@ -55,11 +63,10 @@ class ClassifierModel(nn.Module):
 
     config: EncoderConfig
     num_classes: int
+    frozen_encoder: bool = False
 
     @nn.compact
     def __call__(self, batch, *, deterministic=True):
-        out = TraceEncoder(self.config, name="encoder")(
-            batch["series"], batch["observed"], batch["channel_ids"], deterministic=deterministic
-        )
+        out = encode(self.config, batch, deterministic, self.frozen_encoder)
         features = jnp.concatenate([out["cls"], out["pooled"]], axis=-1)
         return nn.Dense(self.num_classes, name="head")(features)

@@ -41,7 +41,11 @@ class ClassifyTask:
         else:
             encoder_config = EncoderConfig.from_mapping(config.model.to_dict())
         self.encoder_config = encoder_config
-        self.model = ClassifierModel(encoder_config, cc.num_classes)
+        self.model = ClassifierModel(
+            encoder_config,
+            cc.num_classes,
+            frozen_encoder=bool(cc.encoder_from) and cc.tune_last_blocks == 0,
+        )
 
     def init_params(self, rng, batch):
         return {"model": self.model.init(rng, batch)["params"]}

@@ -44,7 +44,11 @@ class ForecastTask:
             self.aligned = TraceModel.from_workdir(fc.encoder_from)
             self.init_from = fc.encoder_from
             self.model = ForecastModel(
-                self.aligned.encoder_config, fc.horizon, rag=fc.rag, prompt_dim=fc.prompt_dim
+                self.aligned.encoder_config,
+                fc.horizon,
+                rag=fc.rag,
+                prompt_dim=fc.prompt_dim,
+                frozen_encoder=fc.tune_last_blocks == 0,
             )
         else:
             self.model = DLinear(fc.horizon, kernel=fc.dlinear_kernel)
