@@ -94,10 +94,20 @@ def eligible(bank: dict, queries: dict) -> np.ndarray:
 
 def retrieve_context(model, bank: dict, queries: dict, top_r: int) -> dict:
     """Top-R eligible bank windows per query: their series and text embeddings (aligned space)."""
-    embed = lambda w: model.embed_series(
-        np.where(w["observed"], w["series"], np.nan), channel_ids=w["channel_ids"]
-    )
-    z_bank, z_query = embed(bank), embed(queries)
+
+    def embed(w):
+        # A history with nothing observed (a data gap) has no embedding: never retrieved, and
+        # as a query it retrieves nothing.
+        usable = w["observed"].any((1, 2))
+        z = np.zeros((len(usable), model.dim), np.float32)
+        if usable.any():
+            z[usable] = model.embed_series(
+                np.where(w["observed"], w["series"], np.nan)[usable],
+                channel_ids=w["channel_ids"][usable],
+            )
+        return z, usable
+
+    (z_bank, bank_usable), (z_query, query_usable) = embed(bank), embed(queries)
     z_text = np.zeros_like(z_bank)
     if bank["has_context"].any():
         z_text[bank["has_context"]] = model.project_text(bank["context"][bank["has_context"]])
@@ -107,11 +117,17 @@ def retrieve_context(model, bank: dict, queries: dict, top_r: int) -> dict:
         z_query,
         z_bank,
         r,
-        bank_spans=np.stack([bank["start"], bank["end"]], 1),
+        # An unusable bank window gets a span overlapping every query: it never takes a slot.
+        bank_spans=np.where(
+            bank_usable[:, None],
+            np.stack([bank["start"], bank["end"]], 1),
+            np.array([-FAR_FUTURE, FAR_FUTURE]),
+        ),
         query_spans=np.stack(
             [queries["forecast_start"], np.full(len(z_query), FAR_FUTURE, np.int64)], 1
         ),
     )
+    ids = np.where(query_usable[:, None], ids, -1)
     valid = ids >= 0
     pick = np.maximum(ids, 0)
     return {

@@ -3,6 +3,13 @@ with no / series-only / series+text retrieval, trained and evaluated in one run.
 
   python -m trace_jax.forecast.suite --encoder_from=runs/tmmd_full --data_dir=data_dir \
       --datasets=forecast_Health_US_L96_H12,forecast_Energy_L96_H12 --out=reports/forecast
+  python -m trace_jax.forecast.suite --encoder_from=runs/wc_full \
+      --datasets=weather_captioned/window_96/H24 --out=reports/forecast_weather_captioned
+
+Time-MMD data sets are builder configs `forecast_<Domain>_L<lookback>_H<horizon>` (test split);
+`<data set>/<builder config>/H<horizon>` forecasts the last H steps of each window of a schema
+data set from the rest (Weather-Captioned window_96, H24: 36 h of history, 12 h ahead; its
+validation split, 2017, since the builder has no test split).
 
 Each model is `configs/forecast.py:<variant>` with the data set and mode set as overrides, trained
 in its own workdir (WORKDIRS/<data set>/<model>; rerunning resumes or just re-evaluates). Writes
@@ -40,12 +47,21 @@ def forecast_config(variant: str, dataset: str, model: str, encoder_from: str, d
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(variant)
-    horizon = re.fullmatch(r"forecast_\w+_L\d+_H(\d+)", dataset)
-    if not horizon:
-        raise ValueError(f"{dataset!r} is not a forecast_<Domain>_L<lookback>_H<horizon> config")
-    config.data.builder_config = dataset
+    time_mmd = re.fullmatch(r"forecast_\w+_L\d+_H(\d+)", dataset)
+    windows = re.fullmatch(r"(\w+)/(\w+)/H(\d+)", dataset)
+    if time_mmd:
+        config.data.builder_config = dataset
+        config.forecast.horizon = int(time_mmd.group(1))
+    elif windows:  # e.g. weather_captioned/window_96/H24: the last 24 steps of each window
+        config.data.name, config.data.builder_config = windows.group(1), windows.group(2)
+        config.data.validation_split = "validation"
+        config.forecast.horizon = int(windows.group(3))
+    else:
+        raise ValueError(
+            f"{dataset!r} is neither forecast_<Domain>_L<lookback>_H<horizon> (Time-MMD) nor "
+            "<data set>/<builder config>/H<horizon>"
+        )
     config.data.data_dir = data_dir
-    config.forecast.horizon = int(horizon.group(1))
     if model == "dlinear":
         config.forecast.model = "dlinear"
     else:
@@ -61,7 +77,7 @@ def relative_reduction(rag: dict, none: dict) -> float:
 
 def markdown(results: dict, command: str) -> str:
     lines = [
-        "# Forecasting: test MSE / MAE (standardised units)",
+        "# Forecasting: MSE / MAE on the evaluation split (standardised units)",
         "",
         f"Command: `{command}`",
         "",
