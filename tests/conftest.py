@@ -22,3 +22,20 @@ jax.config.update(
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def aligned_workdir(tmp_path_factory):
+    """A tiny alignment run on the synthetic set (2 steps): the trained model that the API,
+    index, search, evaluation and downstream-head tests load. Read-only for them."""
+    from tests.helpers import tiny_config  # pylint: disable=g-import-not-at-top
+    from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
+    from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+
+    workdir = tmp_path_factory.mktemp("aligned")
+    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
+    train_and_evaluate(config, workdir, AlignTask(config))
+    return workdir

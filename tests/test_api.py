@@ -10,20 +10,16 @@ from trace_jax.data.sources import load_sources
 from trace_jax.export import export_model, load_embed_series
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
-from trace_jax.train.align import AlignTask
-from trace_jax.train.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny alignment workdir, its config and a few validation windows."""
-    workdir = tmp_path_factory.mktemp("align")
+def trained(aligned_workdir, tmp_path_factory):
+    """The shared tiny alignment workdir, its config and a few validation windows."""
     config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
-    train_and_evaluate(config, workdir, AlignTask(config))
     _, validation = load_sources(config.data)
     windows = [validation[i] for i in range(5)]
     stack = lambda k: np.stack([w[k] for w in windows])
-    return workdir, config, stack("series"), stack("observed"), stack("channel_ids")
+    return aligned_workdir, config, stack("series"), stack("observed"), stack("channel_ids")
 
 
 def live_embeddings(workdir, config, series, observed, channel_ids):

@@ -8,16 +8,13 @@ from tests.helpers import tiny_config
 from trace_jax import evaluate
 from trace_jax.data.sources import load_sources
 from trace_jax.eval import baselines
-from trace_jax.train.align import AlignTask
-from trace_jax.train.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    """A tiny trained model and the synthetic validation split in load_split's layout."""
-    workdir = tmp_path_factory.mktemp("align")
+def split(aligned_workdir, tmp_path_factory):
+    """The shared tiny model and the synthetic validation split in load_split's layout."""
+    workdir = aligned_workdir
     config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
-    train_and_evaluate(config, workdir, AlignTask(config))
     _, source = load_sources(config.data)
     ex = [source[i] for i in range(len(source))]
     stack = lambda k: np.stack([e[k] for e in ex])

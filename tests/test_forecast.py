@@ -13,7 +13,6 @@ from tests.helpers import read_params, tiny_config
 from tests.test_time_mmd import ROOT, FakeEncoder
 from trace_jax.forecast import sources
 from trace_jax.forecast.baselines import last_value, moving_average, seasonal_naive
-from trace_jax.train.align import AlignTask
 from trace_jax.train.classify import ClassifyTask, macro_f1
 from trace_jax.train.forecast import ForecastTask
 from trace_jax.train.loop import train_and_evaluate
@@ -22,12 +21,9 @@ needs_time_mmd = pytest.mark.skipif(not ROOT.is_dir(), reason=f"real Time-MMD no
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory):
-    """A tiny alignment workdir (synthetic data): the frozen encoder of the heads."""
-    workdir = tmp_path_factory.mktemp("align")
-    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
-    train_and_evaluate(config, workdir, AlignTask(config))
-    return workdir
+def aligned(aligned_workdir):
+    """The shared tiny alignment workdir: the frozen encoder of the heads."""
+    return aligned_workdir
 
 
 def test_untrained_baselines():

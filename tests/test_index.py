@@ -7,17 +7,13 @@ import trace_jax
 from tests.helpers import tiny_config
 from trace_jax.data.sources import load_sources
 from trace_jax.retrieval.index import Index
-from trace_jax.train.align import AlignTask
-from trace_jax.train.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("align")
+def index(aligned_workdir, tmp_path_factory):
     config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
-    train_and_evaluate(config, workdir, AlignTask(config))
     _, source = load_sources(config.data)
-    model = trace_jax.load(workdir)
+    model = trace_jax.load(aligned_workdir)
     return Index.from_examples(model, [source[i] for i in range(len(source))])
 
 

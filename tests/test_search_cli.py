@@ -6,18 +6,18 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, tiny_config
-from trace_jax.search import read_series_csv
-from trace_jax.train.align import AlignTask
-from trace_jax.train.loop import train_and_evaluate
+from tests.helpers import REPO
+from trace_jax.api import read_series_csv
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("align")
-    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
-    train_and_evaluate(config, workdir, AlignTask(config))
-    return workdir
+def workdir(aligned_workdir, tmp_path_factory):
+    """A copy of the shared tiny run: the search command caches its index inside."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("search") / "align"
+    shutil.copytree(aligned_workdir, copy)
+    return copy
 
 
 def search(*args):

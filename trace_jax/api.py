@@ -56,6 +56,27 @@ def check_series(series, observed=None, channels: int | None = None):
     return np.where(observed, series, 0.0).astype(np.float32), observed
 
 
+def read_series_csv(path) -> np.ndarray:
+    """(C, T) float32 from a CSV of T rows by C columns; empty cells -> NaN (unobserved)."""
+    rows = [line.strip() for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} is empty")
+
+    def parse(line, number):
+        try:
+            return [float(c) if c.strip() else np.nan for c in line.split(",")]
+        except ValueError:
+            if number == 0:
+                return None  # a header
+            raise ValueError(f"{path}:{number + 1}: not a number in {line!r}") from None
+
+    values = [v for i, r in enumerate(rows) if (v := parse(r, i)) is not None]
+    widths = {len(v) for v in values}
+    if len(widths) != 1:
+        raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)}")
+    return np.asarray(values, np.float32).T
+
+
 def _flatten(tree, prefix=""):
     out = {}
     for key, value in tree.items():

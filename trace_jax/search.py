@@ -33,27 +33,6 @@ _SPLIT = flags.DEFINE_string("split", "validation", "Split indexed when no --ind
 _PNG = flags.DEFINE_string("png", "search_results.png", "Figure of the results ('' = none).")
 
 
-def read_series_csv(path) -> np.ndarray:
-    """(C, T) float32 from a CSV of T rows by C columns; empty cells -> NaN (unobserved)."""
-    rows = [line.strip() for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
-    if not rows:
-        raise ValueError(f"{path} is empty")
-
-    def parse(line, number):
-        try:
-            return [float(c) if c.strip() else np.nan for c in line.split(",")]
-        except ValueError:
-            if number == 0:
-                return None  # a header
-            raise ValueError(f"{path}:{number + 1}: not a number in {line!r}") from None
-
-    values = [v for i, r in enumerate(rows) if (v := parse(r, i)) is not None]
-    widths = {len(v) for v in values}
-    if len(widths) != 1:
-        raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)}")
-    return np.asarray(values, np.float32).T
-
-
 def build_or_load_index(model, index_dir, dataset, data_dir, split):
     from trace_jax.data import sources  # pylint: disable=g-import-not-at-top
     from trace_jax.retrieval.index import Index  # pylint: disable=g-import-not-at-top
@@ -135,7 +114,7 @@ def plot(hits, query_label: str, path, query_series=None) -> None:
 
 def main(argv):
     del argv
-    import trace_jax  # pylint: disable=g-import-not-at-top
+    import trace_jax.api  # pylint: disable=g-import-not-at-top
 
     if (_QUERY.value is None) == (_SERIES.value is None):
         raise app.UsageError("give exactly one of --query and --series")
@@ -146,7 +125,7 @@ def main(argv):
         hits = index.search(_QUERY.value, k=_K.value, target=_TARGET.value)
         label = _QUERY.value
     else:
-        query_series = read_series_csv(_SERIES.value)
+        query_series = trace_jax.api.read_series_csv(_SERIES.value)
         hits = index.search(query_series, k=_K.value, target=_TARGET.value)
         label = f"series from {_SERIES.value}"
     print(f"{_TARGET.value} results for {label!r} among {len(index)} windows ({model.source}):")
