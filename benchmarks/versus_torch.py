@@ -1,0 +1,543 @@
+r"""Our training and inference steps against a tuned PyTorch model of the same architecture.
+
+Run from the repository root (needs the `bench` extra: torch==2.13.0, the CPU build):
+
+    .venv/bin/python benchmarks/versus_torch.py                   # paper size, all figures
+    .venv/bin/python benchmarks/versus_torch.py --which pretrain --steps 5
+    .venv/bin/python benchmarks/versus_torch.py --which pretrain --channels 112 --batch 16 \
+        --attention_dropout 0 --steps 3                           # channel scaling
+    ... --set model.remat=True --set model.scan_layers=True      # ours with its memory options
+
+What is measured, at paper size (d=384, 6 heads, 6 layers, FFN 1536, T=186, P=6, C=7, the
+level embedding on, float32, dropout 0.1, block_diagonal attention: configs/pretrain.py and
+configs/align.py with no variant, the CIT table grown to C when C > 64):
+  pretrain  one training step of masked-patch reconstruction (30% of patches, MSE on masked
+            observed points) with AdamW, warmup+cosine and clipping, batch 64. Ours is our real
+            step: PretrainTask with trace_jax.train.state's make_optimizer, init_state and
+            make_train_step, jitted with the state donated as trace_jax/train/loop.py does.
+  align     one training step of the TRACE alignment loss (sample and channel InfoNCE, 32 hard
+            negatives), batch 64: ours is AlignTask through the same functions.
+  infer     series embeddings (AlignModel.embed_series: [CLS] and CIT outputs, projected and
+            L2-normalised) in evaluation mode, batch 256: ours jitted, torch under
+            torch.inference_mode().
+The PyTorch side is benchmarks/torch_trace.py (its docstring says how it is tuned). Before
+timing, torch_trace.check() copies a tiny Flax model into the PyTorch one and compares outputs,
+losses and gradients (the max difference is printed), so both sides compute the same function.
+Inputs: standard normal series, all points observed, channel ids 0..C-1, random unit text
+embeddings (384-d), identical on both sides.
+
+Every figure runs in its own child process, ours and then torch's, one at a time, so that
+neither sees the other's threads or heap and each peak RSS (the child's own VmHWM) belongs to
+one implementation. Each child is pinned to the first --threads cores (XLA sizes its thread
+pool from the affinity mask; torch.set_num_threads too), runs --warmup untimed steps after
+compiling, then --steps timed steps, each of ours ended with jax.block_until_ready. Per line:
+  step       median wall seconds per step (min, max);
+  cpu        median CPU seconds per step (user + system, all threads): on a shared machine wall
+             time swings with other jobs while CPU time mostly does not (uncontended,
+             cpu ~ threads x wall);
+  samples/s  batch / median wall time;
+  compile    seconds to compile our step;
+  peak RSS   the peak during the steps (VmHWM restarted once everything is built and compiled:
+             state, batch and compiled code count, compilation's own peak does not), and in
+             brackets the peak before them (imports, set-up, compilation);
+  load       the 1-minute load average when the child ended.
+Memory caveat: our step allocates its temporaries as one block per execution (3.8 GiB at batch
+64, C=7); under tcmalloc the next step sometimes cannot reuse it and maps a second one, so our
+peak RSS reads 4.9 or 9.0 GiB from run to run. Use --malloc glibc-hugetlb for memory figures
+(at C=112, batch 16, ours peaks at about 16 GiB there; under tcmalloc it was killed for memory
+on a 23 GiB machine).
+
+Process settings, set in the children's environment (they must precede process start) and
+named in the header line:
+  --malloc  glibc's malloc returns large blocks (tens of MB: every activation here) to the
+            kernel on free and maps them again on the next step, so the kernel re-zeroes them
+            page by page; this moved the PyTorch figures by 1.5-2x in the issue. `auto` (the
+            default) preloads tcmalloc (LD_PRELOAD, for both implementations) when
+            `ldconfig -p` lists it (Debian: `apt-get install libgoogle-perftools4`), else uses
+            glibc with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages for
+            malloc's mappings: fewer, larger faults); `tcmalloc`, `glibc-hugetlb` and `glibc`
+            (plain) force one.
+  --mkl_intel_path  torch's float32 matmuls are MKL's, and MKL runs its AVX2 kernels on AMD
+            CPUs even when they have AVX-512 (Zen 4): `auto` (default) preloads a one-line
+            library that makes MKL take its Intel path on AMD CPUs (about 1.7x on the encoder's
+            matmuls here). Our matmuls (XLA's YNNPACK kernels) use AVX-512 either way.
+  --omp_wait_policy  torch's OpenMP threads spin at every barrier by default; on a machine
+            that other jobs share, a spinning thread holds the core that its partner needs to
+            finish, and every parallel op waits for a scheduler tick (AdamW's fused step took
+            660 ms instead of 6 ms at load 5 here). `passive` (default) makes waiting threads
+            sleep; it costs little on an idle machine.
+
+The last line is `jax_over_torch=<ratio>`: our samples/s over PyTorch's for the pretraining
+training step (nan if it was not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GIB = 1024**3
+TEXT_DIM = 384  # all-MiniLM-L6-v2, our text tower
+FIGURES = ("pretrain", "align", "infer")
+MALLOCS = ("auto", "tcmalloc", "glibc-hugetlb", "glibc")
+RESULT = "RESULT "
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--which", default=",".join(FIGURES), help="comma list of " + "/".join(FIGURES)
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch for every figure (default 64, infer 256)"
+    )
+    parser.add_argument("--channels", type=int, default=7)
+    parser.add_argument("--time_steps", type=int, default=186)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--attention_dropout", type=float, default=None, help="default: config")
+    parser.add_argument("--channel_bias", default=None, help="default: config (block_diagonal)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field for both sides, e.g. model.remat=True (a Python literal)",
+    )
+    parser.add_argument("--malloc", choices=MALLOCS, default="auto")
+    parser.add_argument(
+        "--mkl_intel_path",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="force MKL's Intel code path for torch (auto: on AMD CPUs)",
+    )
+    parser.add_argument(
+        "--omp_wait_policy",
+        choices=("passive", "active", "default"),
+        default="passive",
+        help="OMP_WAIT_POLICY of the torch children",
+    )
+    parser.add_argument("--impls", default="jax,torch", help="comma list of jax/torch")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.which = [w.strip() for w in args.which.split(",") if w.strip()]
+    args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    if not set(args.which) <= set(FIGURES) or not args.which:
+        parser.error(f"--which must name some of {FIGURES}")
+    if not set(args.impls) <= {"jax", "torch"} or not args.impls:
+        parser.error("--impls must name jax and/or torch")
+    if min(args.channels, args.time_steps, args.steps, args.threads) < 1 or args.warmup < 0:
+        parser.error("--channels, --time_steps, --steps, --threads must be >= 1")
+    return args
+
+
+# ---- shared by both children: the configuration and the inputs ----
+
+
+def load_config(figure: str, args) -> dict:
+    """The figure's config (configs/pretrain.py or align.py) at paper size with this run's
+    overrides, as a plain dict."""
+    stage = "pretrain" if figure == "pretrain" else "align"
+    spec = importlib.util.spec_from_file_location(stage, REPO / "configs" / f"{stage}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("")
+    config.train.batch_size = batch_size(figure, args)
+    config.model.num_channels = max(config.model.num_channels, args.channels)
+    if args.attention_dropout is not None:
+        config.model.attention_dropout = args.attention_dropout
+    if args.channel_bias is not None:
+        config.model.channel_bias = args.channel_bias
+    for item in args.set:
+        path, _, value = item.partition("=")
+        section, _, key = path.partition(".")
+        if key not in config.get(section, {}):
+            raise SystemExit(f"--set {item}: no field {path!r} in the {stage} config")
+        config[section][key] = ast.literal_eval(value)
+    return config.to_dict()
+
+
+def batch_size(figure: str, args) -> int:
+    if args.batch is not None:
+        return args.batch
+    return 256 if figure == "infer" else 64
+
+
+def make_batch(b: int, c: int, t: int, seed: int = 0) -> dict:
+    """numpy arrays in the pipeline's batch layout (trace_jax/data/pipeline.py)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def unit(*shape):
+        x = rng.standard_normal(shape + (TEXT_DIM,)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    return {
+        "series": rng.standard_normal((b, c, t)).astype(np.float32),
+        "observed": np.ones((b, c, t), bool),
+        "channel_ids": np.broadcast_to(np.arange(c, dtype=np.int32), (b, c)).copy(),
+        "text_embedding": unit(b),
+        "has_text": np.ones((b,), bool),
+        "channel_text_embedding": unit(b, c),
+        "channel_text_valid": np.ones((b, c), bool),
+        "label": np.zeros((b,), np.int32),
+        "index": np.arange(b, dtype=np.int64),
+    }
+
+
+def time_steps(run_step, warmup: int, steps: int) -> dict:
+    """Wall and CPU seconds of each timed step, and peak RSS before and during the steps."""
+    setup_peak = peak_rss_bytes()
+    reset_peak_rss()
+    for _ in range(warmup):
+        run_step()
+    wall, cpu = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        run_step()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"wall": wall, "cpu": cpu, "setup_peak_rss": setup_peak, "peak_rss": peak_rss_bytes()}
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    from the parent across fork and exec, so every child would report at least the parent's."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def reset_peak_rss() -> None:
+    """Restarts VmHWM from the current RSS, so the steps' peak excludes compilation's."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+# ---- the children ----
+
+
+def run_jax(figure: str, config: dict, args) -> dict:
+    import functools
+
+    import jax
+    import ml_collections
+
+    from trace_jax.model.heads import AlignModel
+    from trace_jax.train.align import AlignTask
+    from trace_jax.train.pretrain import PretrainTask
+    from trace_jax.train.state import (
+        init_state,
+        learning_rate_schedule,
+        make_optimizer,
+        make_train_step,
+    )
+
+    config = ml_collections.ConfigDict(config)
+    task = (PretrainTask if figure == "pretrain" else AlignTask)(config)
+    b = config.train.batch_size
+    batch = jax.device_put(make_batch(b, args.channels, args.time_steps))
+    if figure == "infer":
+        params = jax.jit(task.init_params)(jax.random.key(config.seed), batch)
+        embed = jax.jit(
+            lambda params, series, observed, ids: task.model.apply(
+                {"params": params["model"]}, series, observed, ids, method=AlignModel.embed_series
+            )
+        )
+        inputs = (params, batch["series"], batch["observed"], batch["channel_ids"])
+        t0 = time.perf_counter()
+        compiled = embed.lower(*inputs).compile()
+
+        def run_step():
+            jax.block_until_ready(compiled(*inputs))
+
+    else:
+        optimizer = make_optimizer(config.train)
+        state = jax.jit(functools.partial(init_state, task, optimizer, config.seed))(batch)
+        step = jax.jit(
+            make_train_step(task, optimizer, learning_rate_schedule(config.train)),
+            donate_argnums=0,
+        )
+        t0 = time.perf_counter()
+        compiled = step.lower(state, batch).compile()
+
+        def run_step():
+            nonlocal state
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+
+    compile_s = time.perf_counter() - t0
+    times = time_steps(run_step, args.warmup, args.steps)
+    return {**times, "compile": compile_s, "batch": b}
+
+
+def run_torch(figure: str, config: dict, args) -> dict:
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch_trace as tt
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    # Subnormal weights or activations would drop to microcode on x86; XLA flushes them too.
+    torch.set_flush_denormal(True)
+    torch.manual_seed(config["seed"])
+    cfg = tt.TorchTraceConfig.from_mapping(config["model"])
+    b = config["train"]["batch_size"]
+    batch = {
+        k: torch.from_numpy(v) for k, v in make_batch(b, args.channels, args.time_steps).items()
+    }
+    batch["channel_ids"] = batch["channel_ids"].long()
+    if figure == "pretrain":
+        model = tt.TorchPretrainModel(cfg, config["pretrain"]["mask_ratio"])
+        loss_fn = model.loss
+    else:
+        align = config["align"]
+        if align["learn_temperature"]:
+            raise ValueError("the PyTorch baseline has a fixed temperature")
+        model = tt.TorchAlignModel(cfg, TEXT_DIM)
+        loss_fn = lambda batch: model.loss(
+            batch, align["temperature"], align["channel_weight"], align["hard_negatives"]
+        )
+    if figure == "infer":
+        model.eval()
+
+        def run_step():
+            with torch.inference_mode():
+                model.embed_series(batch["series"], batch["observed"], batch["channel_ids"])
+
+    else:
+        model.train()
+        optimizer, scheduler = tt.make_optimizer(model, config["train"])
+        step = tt.make_train_step(
+            model, optimizer, scheduler, config["train"]["grad_clip"], loss_fn
+        )
+
+        def run_step():
+            step(batch)
+
+    times = time_steps(run_step, args.warmup, args.steps)
+    return {**times, "compile": None, "batch": b}
+
+
+def child_main(args) -> int:
+    impl, figure = args.child.split(":")
+    config = json.loads(sys.stdin.read())
+    result = (run_jax if impl == "jax" else run_torch)(figure, config, args)
+    result["load"] = os.getloadavg()[0]
+    print(RESULT + json.dumps(result), flush=True)
+    return 0
+
+
+# ---- the parent ----
+
+
+def find_tcmalloc() -> str | None:
+    try:
+        listing = subprocess.run(
+            ["ldconfig", "-p"], capture_output=True, text=True, check=False
+        ).stdout
+    except OSError:
+        return None
+    for name in ("libtcmalloc.so.4", "libtcmalloc_minimal.so.4"):
+        for line in listing.splitlines():
+            if line.strip().startswith(name) and "=>" in line:
+                return line.split("=>")[-1].strip()
+    return None
+
+
+def cpu_vendor() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def build_mkl_shim(directory: str) -> str | None:
+    """A library that tells MKL the CPU is Intel's; None without a C compiler.
+
+    MKL picks its AVX-512 kernels only on Intel CPUs and runs AVX2 ones on AMD CPUs that have
+    AVX-512 (Zen 4): about 85-100 GFLOPS for the encoder's matmuls on 2 cores here instead of
+    150-200. Preloading this (MKL is linked into libtorch_cpu.so with default visibility, so the
+    symbol interposes) is the usual fix on AMD machines.
+    """
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = pathlib.Path(directory) / "mkl_intel_cpu.c"
+    source.write_text("int mkl_serv_intel_cpu_true(void) { return 1; }\n")
+    library = pathlib.Path(directory) / "libmkl_intel_cpu.so"
+    built = subprocess.run(
+        [compiler, "-shared", "-fPIC", "-o", str(library), str(source)], check=False
+    )
+    return str(library) if built.returncode == 0 else None
+
+
+def child_envs(args, scratch: str) -> tuple[dict, str]:
+    """Environments of our children and torch's ({impl: env}), and a description of them."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    for key in ("LD_PRELOAD", "GLIBC_TUNABLES", "OMP_WAIT_POLICY"):
+        env.pop(key, None)
+    preload, notes = [], []
+    tcmalloc = find_tcmalloc()
+    if args.malloc == "tcmalloc" and tcmalloc is None:
+        sys.exit("--malloc tcmalloc: no libtcmalloc in `ldconfig -p`")
+    if args.malloc in ("auto", "tcmalloc") and tcmalloc is not None:
+        preload.append(tcmalloc)
+        # tcmalloc reports every allocation above 1 GiB on stderr; the C=112 runs make some.
+        env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] = str(64 * GIB)
+        notes.append(f"tcmalloc (LD_PRELOAD={tcmalloc})")
+    elif args.malloc == "glibc":
+        notes.append("glibc malloc, default settings")
+    else:
+        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+        notes.append("glibc malloc, GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+    jax_env = {**env, "LD_PRELOAD": " ".join(preload)}
+
+    torch_preload = list(preload)
+    want_shim = args.mkl_intel_path == "on" or (
+        args.mkl_intel_path == "auto" and cpu_vendor() == "AuthenticAMD"
+    )
+    shim = build_mkl_shim(scratch) if want_shim else None
+    if args.mkl_intel_path == "on" and shim is None:
+        sys.exit("--mkl_intel_path on: no C compiler to build the shim")
+    if shim is not None:
+        torch_preload.append(shim)
+        notes.append("torch: MKL's Intel (AVX-512) code path forced")
+    torch_env = {**env, "LD_PRELOAD": " ".join(torch_preload)}
+    if args.omp_wait_policy != "default":
+        torch_env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+        notes.append(f"torch: OMP_WAIT_POLICY={args.omp_wait_policy.upper()}")
+    return {"jax": jax_env, "torch": torch_env}, "; ".join(notes)
+
+
+def run_child(impl: str, figure: str, config: dict, argv: list[str], env: dict):
+    """Runs one (implementation, figure) in a fresh process; its result dict or an error."""
+    cmd = [
+        sys.executable,
+        str(pathlib.Path(__file__).resolve()),
+        *argv,
+        "--child",
+        f"{impl}:{figure}",
+    ]
+    proc = subprocess.run(
+        cmd,
+        input=json.dumps(config),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT) :]), None
+    if proc.returncode < 0:
+        why = f"killed by signal {-proc.returncode}"
+        if proc.returncode == -signal.SIGKILL:
+            why += " (the kernel's out-of-memory killer, most likely)"
+        return None, why
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return None, f"exit status {proc.returncode}: {tail[:300]}"
+
+
+def describe(figure: str, impl: str, r: dict, channels: int) -> str:
+    wall, cpu = statistics.median(r["wall"]), statistics.median(r["cpu"])
+    compile_s = f" | compile {r['compile']:.1f} s" if r["compile"] is not None else ""
+    return (
+        f"{figure:8s} {impl:5s} batch {r['batch']} C={channels}: step {wall:.3f} s "
+        f"(min {min(r['wall']):.3f}, max {max(r['wall']):.3f}, n={len(r['wall'])}), "
+        f"cpu {cpu:.3f} s | {r['batch'] / wall:.2f} samples/s{compile_s} | peak RSS "
+        f"{r['peak_rss'] / GIB:.2f} GiB in steps ({r['setup_peak_rss'] / GIB:.2f} before) | "
+        f"load {r['load']:.2f}"
+    )
+
+
+def machine() -> str:
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child:
+        cores = sorted(os.sched_getaffinity(0))[: args.threads]
+        os.sched_setaffinity(0, cores)
+        return child_main(args)
+
+    import jax
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch_trace
+
+    scratch = tempfile.TemporaryDirectory()
+    envs, settings = child_envs(args, scratch.name)
+    configs = {figure: load_config(figure, args) for figure in args.which}
+    model = next(iter(configs.values()))["model"]
+    print(
+        f"versus_torch: {machine()}; jax {jax.__version__}, torch {torch.__version__}; "
+        f"{args.threads} threads; {settings}; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
+    print(
+        f"model d={model['d_model']} heads={model['num_heads']} layers={model['num_layers']} "
+        f"mlp={model['mlp_dim']} P={model['patch_len']} channel_bias={model['channel_bias']} "
+        f"level_embedding={model['level_embedding']} dropout={model['dropout']} "
+        f"attention_dropout={model['attention_dropout']} remat={model.get('remat')} "
+        f"scan_layers={model.get('scan_layers')}; T={args.time_steps} "
+        f"C={args.channels}; {args.warmup} warm-up + {args.steps} timed steps",
+        flush=True,
+    )
+    worst = torch_trace.check(modes=(model["channel_bias"],), log=lambda line: None)
+    print(f"check: PyTorch model vs ours (tiny config, eval mode) max diff {worst:.2e}", flush=True)
+
+    rates = {}
+    for figure in args.which:
+        for impl in args.impls:
+            result, error = run_child(impl, figure, configs[figure], argv, envs[impl])
+            if error:
+                print(f"{figure:8s} {impl:5s} FAILED: {error}", flush=True)
+                continue
+            rates[figure, impl] = result["batch"] / statistics.median(result["wall"])
+            print(describe(figure, impl, result, args.channels), flush=True)
+        if (figure, "jax") in rates and (figure, "torch") in rates:
+            ratio = rates[figure, "jax"] / rates[figure, "torch"]
+            print(f"{figure:8s} ours/torch samples/s = {ratio:.2f}", flush=True)
+
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    ratio = float("nan")
+    if ("pretrain", "jax") in rates and ("pretrain", "torch") in rates:
+        ratio = rates["pretrain", "jax"] / rates["pretrain", "torch"]
+    print(f"jax_over_torch={ratio:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
