@@ -34,34 +34,32 @@ _PNG = flags.DEFINE_string("png", "search_results.png", "Figure of the results (
 
 
 def build_or_load_index(model, index_dir, dataset, data_dir, split):
+    """A saved index, or one built from a split (cached beside a workdir's checkpoints and
+    rebuilt when the checkpoint it came from is no longer the latest)."""
+    import json  # pylint: disable=g-import-not-at-top
+
+    import ml_collections  # pylint: disable=g-import-not-at-top
+
     from trace_jax.data import sources  # pylint: disable=g-import-not-at-top
-    from trace_jax.retrieval.index import Index  # pylint: disable=g-import-not-at-top
+    from trace_jax.retrieval.index import META, Index  # pylint: disable=g-import-not-at-top
 
     if index_dir:
         return Index.load(index_dir, model)
+    cache = None
     if dataset:
-        import ml_collections  # pylint: disable=g-import-not-at-top
-
         data = ml_collections.ConfigDict(
-            dict(
-                name=dataset,
-                data_dir=data_dir,
-                builder_config="",
-                validation_split=split,
-                train_split=split,
-            )
+            dict(name=dataset, data_dir=data_dir, builder_config="", train_split=split)
         )
-        cache = None
-    else:
-        if model.run_config is None:
-            raise ValueError("an export carries no data set: pass --index or --dataset")
-        import ml_collections  # pylint: disable=g-import-not-at-top
-
+    elif model.run_config is not None:
         data = ml_collections.ConfigDict(model.run_config["data"])
-        data.validation_split = split
         cache = pathlib.Path(model.source.rsplit("@", 1)[0]) / f"index_{split}"
-        if (cache / "index.json").exists():
+        if (cache / META).exists() and json.loads((cache / META).read_text())[
+            "model"
+        ] == model.source:
             return Index.load(cache, model)
+    else:
+        raise ValueError("an export carries no data set: pass --index or --dataset")
+    data.validation_split = split
     _, source = sources.load_sources(data)
     print(f"indexing {len(source)} windows of split {split!r} ...")
     index = Index.from_examples(model, [source[i] for i in range(len(source))])
