@@ -140,7 +140,9 @@ class TraceModel:
         if channel_ids.ndim == 1:
             channel_ids = np.broadcast_to(channel_ids, (n, c))
         out = []
-        b = self.batch_size
+        # Powers of two up to batch_size: a single query is not padded to a full batch, and
+        # only a handful of shapes ever compile.
+        b = min(self.batch_size, 1 << (n - 1).bit_length())
         for start in range(0, n, b):
             rows = slice(start, min(start + b, n))
             pad = b - (rows.stop - rows.start)
