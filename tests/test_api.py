@@ -87,3 +87,35 @@ def test_bad_inputs_get_clear_errors(trained, tmp_path):
         model.embed_text(["rain", "  "])
     with pytest.raises(FileNotFoundError, match="neither an export"):
         trace_jax.load(tmp_path)
+
+
+def test_export_mode_of_the_main_command(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    workdir, config, series, observed, channel_ids = trained
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trace_jax.main",
+            "--config=configs/export.py",
+            f"--workdir={workdir}",
+            f"--config.export.output={tmp_path / 'export'}",
+            "--config.export.platforms=('cpu',)",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"b x {series.shape[1]} x {series.shape[2]}" in out.stdout  # C, T of the run's data
+    embed = load_embed_series(tmp_path / "export")
+    np.testing.assert_allclose(
+        embed(series, observed, channel_ids),
+        live_embeddings(workdir, config, series, observed, channel_ids),
+        atol=1e-5,
+    )
