@@ -642,14 +642,14 @@ def check(
         jmodel = PretrainModel(jcfg)
         jparams = jmodel.init(jax.random.key(1), series, observed, channel_ids, mask)["params"]
 
-        def jloss(p):
+        def jloss(p, jmodel):
             out = jmodel.apply({"params": p}, series, observed, channel_ids, mask)
             loss, _ = losses.masked_reconstruction_loss(
                 out["reconstruction"], out["patches"], out["patch_observed"], mask
             )
             return loss, out
 
-        (jl, jout), jgrads = jax.value_and_grad(jloss, has_aux=True)(jparams)
+        (jl, jout), jgrads = jax.value_and_grad(jloss, has_aux=True)(jparams, jmodel)
         tmodel = TorchPretrainModel(tcfg).eval()
         load_flax_encoder(tmodel.encoder, jparams["encoder"])
         with torch.no_grad():
@@ -688,7 +688,7 @@ def check(
         )
         aparams = jalign.init(jax.random.key(2), abatch)["params"]
 
-        def aloss(p):
+        def aloss(p, jalign, abatch):
             out = jalign.apply({"params": p}, abatch)
             loss, _ = losses.sample_and_channel_loss(
                 out["sample"],
@@ -703,7 +703,7 @@ def check(
             )
             return loss, out
 
-        (jl, jout), jgrads = jax.value_and_grad(aloss, has_aux=True)(aparams)
+        (jl, jout), jgrads = jax.value_and_grad(aloss, has_aux=True)(aparams, jalign, abatch)
         talign = TorchAlignModel(tcfg, text_dim).eval()
         load_flax_encoder(talign.encoder, aparams["encoder"])
         with torch.no_grad():

@@ -58,9 +58,10 @@ named in the header line:
             malloc's mappings: fewer, larger faults); `tcmalloc`, `glibc-hugetlb` and `glibc`
             (plain) force one.
   --mkl_intel_path  torch's float32 matmuls are MKL's, and MKL runs its AVX2 kernels on AMD
-            CPUs even when they have AVX-512 (Zen 4): `auto` (default) preloads a one-line
-            library that makes MKL take its Intel path on AMD CPUs (about 1.7x on the encoder's
-            matmuls here). Our matmuls (XLA's YNNPACK kernels) use AVX-512 either way.
+            CPUs even when they have AVX-512 (Zen 4, Zen 5): `auto` (default) preloads a one-line
+            library that makes MKL take its Intel path on AMD CPUs (about 2x on the encoder's
+            matmuls and on torch's whole training step on this Zen 5 machine). Our matmuls
+            (XLA's YNNPACK kernels) use AVX-512 either way.
   --omp_wait_policy  torch's OpenMP threads spin at every barrier by default; on a machine
             that other jobs share, a spinning thread holds the core that its partner needs to
             finish, and every parallel op waits for a scheduler tick (AdamW's fused step took
@@ -87,6 +88,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -145,7 +148,7 @@ def parse_args(argv=None):
     return args
 
 
-# ---- shared by both children: the configuration and the inputs ----
+# ---- the configuration (built by the parent) and the inputs (built by each child) ----
 
 
 def load_config(figure: str, args) -> dict:
@@ -179,8 +182,6 @@ def batch_size(figure: str, args) -> int:
 
 def make_batch(b: int, c: int, t: int, seed: int = 0) -> dict:
     """numpy arrays in the pipeline's batch layout (trace_jax/data/pipeline.py)."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
 
     def unit(*shape):
@@ -375,9 +376,9 @@ def build_mkl_shim(directory: str) -> str | None:
     """A library that tells MKL the CPU is Intel's; None without a C compiler.
 
     MKL picks its AVX-512 kernels only on Intel CPUs and runs AVX2 ones on AMD CPUs that have
-    AVX-512 (Zen 4): about 85-100 GFLOPS for the encoder's matmuls on 2 cores here instead of
-    150-200. Preloading this (MKL is linked into libtorch_cpu.so with default visibility, so the
-    symbol interposes) is the usual fix on AMD machines.
+    AVX-512 (Zen 4, Zen 5): 85-100 GFLOPS for the encoder's matmuls here instead of 150-250.
+    Preloading this (MKL is linked into libtorch_cpu.so with default visibility, so the symbol
+    interposes) is the usual fix on AMD machines.
     """
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
@@ -489,15 +490,19 @@ def main(argv=None) -> int:
         cores = sorted(os.sched_getaffinity(0))[: args.threads]
         os.sched_setaffinity(0, cores)
         return child_main(args)
+    with tempfile.TemporaryDirectory() as scratch:
+        return compare(args, argv, scratch)
 
+
+def compare(args, argv: list[str], scratch: str) -> int:
+    """The parent: the equivalence check, then one child per (figure, implementation)."""
     import jax
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     import torch_trace
 
-    scratch = tempfile.TemporaryDirectory()
-    envs, settings = child_envs(args, scratch.name)
+    envs, settings = child_envs(args, scratch)
     configs = {figure: load_config(figure, args) for figure in args.which}
     model = next(iter(configs.values()))["model"]
     print(
@@ -516,9 +521,13 @@ def main(argv=None) -> int:
         flush=True,
     )
     worst = torch_trace.check(modes=(model["channel_bias"],), log=lambda line: None)
-    print(f"check: PyTorch model vs ours (tiny config, eval mode) max diff {worst:.2e}", flush=True)
+    print(
+        f"check: PyTorch model vs ours (tiny config; outputs, losses, gradients) max diff "
+        f"{worst:.2e}",
+        flush=True,
+    )
 
-    rates = {}
+    rates, cpu = {}, {}
     for figure in args.which:
         for impl in args.impls:
             result, error = run_child(impl, figure, configs[figure], argv, envs[impl])
@@ -526,10 +535,15 @@ def main(argv=None) -> int:
                 print(f"{figure:8s} {impl:5s} FAILED: {error}", flush=True)
                 continue
             rates[figure, impl] = result["batch"] / statistics.median(result["wall"])
+            cpu[figure, impl] = statistics.median(result["cpu"])
             print(describe(figure, impl, result, args.channels), flush=True)
         if (figure, "jax") in rates and (figure, "torch") in rates:
-            ratio = rates[figure, "jax"] / rates[figure, "torch"]
-            print(f"{figure:8s} ours/torch samples/s = {ratio:.2f}", flush=True)
+            print(
+                f"{figure:8s} ours/torch samples/s = "
+                f"{rates[figure, 'jax'] / rates[figure, 'torch']:.2f} (by CPU seconds per "
+                f"step: {cpu[figure, 'torch'] / cpu[figure, 'jax']:.2f})",
+                flush=True,
+            )
 
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     ratio = float("nan")
