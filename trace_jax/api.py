@@ -205,19 +205,12 @@ class TraceModel:
     @classmethod
     def from_workdir(cls, workdir, step: int | None = None) -> "TraceModel":
         """The alignment parameters of a training workdir's latest (or given) checkpoint."""
-        import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+        from trace_jax.train.checkpoint import (  # pylint: disable=g-import-not-at-top
+            restore_params,
+            saved_config,
+        )
 
-        from trace_jax.train.checkpoint import restore_params  # pylint: disable=g-import-not-at-top
-
-        checkpoints = pathlib.Path(workdir).absolute() / "checkpoints"
-        manager = ocp.CheckpointManager(checkpoints)
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {checkpoints}")
-        config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
-            "config"
-        ]
-        manager.close()
+        step, config = saved_config(workdir, step)
         if config.get("stage") != "align":
             raise ValueError(
                 f"{workdir} holds a {config.get('stage')!r} run; search needs an alignment run"

@@ -22,19 +22,6 @@ _OUT = flags.DEFINE_string("out", "forecast_examples.png", "The figure.")
 _SEED = flags.DEFINE_integer("seed", 0, "Which windows (random, with context).")
 
 
-def run_config(workdir):
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-    manager = ocp.CheckpointManager(f"{workdir}/checkpoints")
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    manager.close()
-    return ml_collections.ConfigDict(config["config"])
-
-
 def context_text(example) -> str:
     from trace_jax.forecast.sources import (
         decode,
@@ -61,7 +48,11 @@ def main(argv):
         task_sources,
     )  # pylint: disable=g-import-not-at-top
 
-    config = run_config(_WORKDIR.value)
+    import ml_collections  # pylint: disable=g-import-not-at-top
+
+    from trace_jax.train.checkpoint import saved_config  # pylint: disable=g-import-not-at-top
+
+    config = ml_collections.ConfigDict(saved_config(_WORKDIR.value)[1])
     if config.forecast.rag == "none" or config.forecast.model != "trace":
         raise app.UsageError("plot a TRACE run with retrieval (forecast.rag series or series_text)")
     task = ForecastTask(config)

@@ -56,6 +56,18 @@ class Checkpointer:
         self.manager.close()
 
 
+def saved_config(workdir: str | pathlib.Path, step: int | None = None) -> tuple[int, dict]:
+    """(step, config dict) saved with a run's latest (or given) checkpoint."""
+    checkpoints = pathlib.Path(workdir).absolute() / "checkpoints"
+    manager = ocp.CheckpointManager(checkpoints)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {checkpoints}")
+    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    manager.close()
+    return step, config["config"]
+
+
 def restore_params(workdir: str | pathlib.Path, abstract_params, step: int | None = None):
     """Parameters only, from another run's workdir (e.g. pretraining for alignment)."""
     manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
