@@ -3,19 +3,22 @@
 
     .venv/bin/python benchmarks/utilization.py                    # alignment step, batch 64
     .venv/bin/python benchmarks/utilization.py --stage pretrain --batch 64
-    .venv/bin/python benchmarks/utilization.py --dtype bfloat16 --batch 256 --profile_dir DIR
+    .venv/bin/python benchmarks/utilization.py --dtype bfloat16 --batch 64,256,1024 --profile_dir DIR
 
 What is measured: the real jitted train step (configs/<stage>.py at paper size: T=186, P=6,
 7 channels, d=384, 6 layers, FFN 1536; AdamW; built as trace_jax/train/loop.py does) on random
 inputs, median wall time of --steps steps after --warmup, each ended with block_until_ready.
-FLOPs are XLA's own count for the compiled step (`cost_analysis()["flops"]`: forward, backward
-and optimizer, all ops), so the rate is what the hardware actually executed.
+Two FLOP counts: XLA's own for the compiled step (`cost_analysis()["flops"]`: forward, backward,
+optimizer, every elementwise op) and the model's (`model_flops`: 3x the forward matmuls and
+attention products, the usual MFU numerator; no recomputation, no elementwise work).
   CPU: the best of the step's three big matmul shapes ((B*L, d) x (d, d), (d, 4d), (4d, d)) run
        alone as jnp.dot in the same process is the attainable rate; the last line is
        `cpu_utilization=<achieved / best dot>`.
-  GPU: MFU = achieved FLOP/s / the card's dense bf16 peak (PEAK_BF16 below, by device kind);
-       the last line is `mfu=<ratio>`. --profile_dir writes a jax.profiler trace of 3 steps
-       (TensorBoard's profile plugin or Perfetto), showing where the rest goes.
+  GPU: MFU = model FLOPs per second / the card's dense bf16 peak (PEAK_BF16 below, by device
+       kind), also against a bf16 8192^3 jnp.dot measured in the same process; the last line is
+       `mfu=<ratio>` of the largest batch. --profile_dir writes a jax.profiler trace of 3 steps of
+       that batch (TensorBoard's profile plugin, or the Perfetto JSON that
+       benchmarks/trace_summary.py sums by kernel), showing where the rest goes.
 No GPU in this process: the script runs the CPU measurement and says so.
 """
 
@@ -41,13 +44,16 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("align", "pretrain"), default="align")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", default="64", help="batch size, or several: 64,256,1024")
     p.add_argument("--channels", type=int, default=7)
     p.add_argument("--time_steps", type=int, default=186)
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--profile_dir", default="")
+    p.add_argument(
+        "--set", action="append", default=[], help="config override, e.g. model.remat=True"
+    )
     return p.parse_args(argv)
 
 
@@ -69,21 +75,41 @@ def step_flops(compiled) -> float:
     return float(analysis["flops"])
 
 
+def model_flops(model, batch: int, channels: int, time_steps: int) -> float:
+    """Training FLOPs of the encoder by formula: 3x (forward + backward) the matmuls and the
+    attention products of the block-diagonal layout; [CLS] reads every token of its sample."""
+    d, f, layers = model.d_model, model.mlp_dim, model.num_layers
+    seq = -(-time_steps // model.patch_len) + 1  # a channel's CIT and patches
+    tokens = batch * (channels * seq + 1)
+    dense = 2 * tokens * (4 * d * d + 2 * d * f)  # q, k, v, out, fc1, fc2
+    keys_read = batch * (channels * seq * seq + channels * seq + 1)
+    attention = 2 * 2 * keys_read * d  # q.k and p.v
+    embed = 2 * batch * channels * (seq - 1) * model.patch_len * d
+    return 3.0 * (layers * (dense + attention) + embed)
+
+
 def best_dot_rate(rows: int, d: int, mlp: int, dtype) -> tuple[float, str]:
     """FLOP/s of the fastest of the step's three big matmul shapes, run alone."""
     best, shape = 0.0, ""
     for k, n in ((d, d), (d, mlp), (mlp, d)):
-        a = jnp.ones((rows, k), dtype)
-        b = jnp.ones((k, n), dtype)
-        dot = jax.jit(jnp.dot)
-        seconds = timed(lambda: dot(a, b).block_until_ready(), 2, 5)
-        rate = 2.0 * rows * k * n / seconds
+        rate = dot_rate(rows, k, n, dtype)
         if rate > best:
             best, shape = rate, f"({rows}, {k}) x ({k}, {n})"
     return best, shape
 
 
-def main(argv=None):
+def dot_rate(m: int, k: int, n: int, dtype) -> float:
+    """FLOP/s of one jitted jnp.dot of these shapes on random data (zeros run faster)."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (m, k), dtype)
+    b = jax.random.normal(kb, (k, n), dtype)
+    dot = jax.jit(jnp.dot)
+    seconds = timed(lambda: dot(a, b).block_until_ready(), 3, 10)
+    return 2.0 * m * k * n / seconds
+
+
+def measure(args, batch_size: int, dtype: str, profile_dir: str = "") -> dict:
+    """Compiles and times the real train step at one batch size."""
     import functools  # pylint: disable=g-import-not-at-top
 
     import ml_collections  # pylint: disable=g-import-not-at-top
@@ -97,27 +123,24 @@ def main(argv=None):
         make_train_step,
     )
 
-    args = parse_args(argv)
-    device = jax.devices()[0]
-    on_gpu = device.platform == "gpu"
-    dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
     vt_args = argparse.Namespace(
-        batch=args.batch,
+        batch=batch_size,
         channels=args.channels,
         attention_dropout=None,
         channel_bias=None,
-        set=[f"model.dtype='{dtype}'"],
+        set=[f"model.dtype='{dtype}'", *args.set],
     )
     config = ml_collections.ConfigDict(versus_torch.load_config(args.stage, vt_args))
     task = (AlignTask if args.stage == "align" else PretrainTask)(config)
-    batch = jax.device_put(versus_torch.make_batch(args.batch, args.channels, args.time_steps))
+    batch = jax.device_put(versus_torch.make_batch(batch_size, args.channels, args.time_steps))
     optimizer = make_optimizer(config.train)
     state = jax.jit(functools.partial(init_state, task, optimizer, config.seed))(batch)
     step = jax.jit(
         make_train_step(task, optimizer, learning_rate_schedule(config.train)), donate_argnums=0
     )
+    t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
-    flops = step_flops(compiled)
+    compile_s = time.perf_counter() - t0
 
     def run():
         nonlocal state
@@ -125,31 +148,62 @@ def main(argv=None):
         jax.block_until_ready((state, metrics))
 
     seconds = timed(run, args.warmup, args.steps)
-    achieved = flops / seconds
-    print(f"device: {device.device_kind} ({device.platform}), compute dtype {dtype}")
-    print(
-        f"{args.stage} step, batch {args.batch}, {args.channels} channels: {seconds:.3f} s, "
-        f"{flops / 1e9:.1f} GFLOP (XLA count), {achieved / 1e9:.1f} GFLOP/s, "
-        f"{args.batch / seconds:.2f} samples/s"
-    )
-    if args.profile_dir:
-        jax.profiler.start_trace(args.profile_dir)
+    if profile_dir:
+        jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
         for _ in range(3):
             run()
         jax.profiler.stop_trace()
-        print(f"profile: {args.profile_dir}")
+        print(f"profile: {profile_dir}")
+    return {
+        "config": config,
+        "seconds": seconds,
+        "compile_s": compile_s,
+        "xla_flops": step_flops(compiled),
+        "model_flops": model_flops(config.model, batch_size, args.channels, args.time_steps),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = jax.devices()[0]
+    on_gpu = device.platform == "gpu"
+    dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
+    batches = [int(b) for b in args.batch.split(",")]
+    print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}, dtype {dtype}")
+    peak = None
     if on_gpu:
         peak = next((v for k, v in PEAK_BF16.items() if k in device.device_kind), None)
+        matmul = dot_rate(8192, 8192, 8192, jnp.bfloat16)
+        print(f"bf16 8192^3 jnp.dot: {matmul / 1e12:.0f} TFLOP/s (datasheet peak "
+              f"{(peak or float('nan')) / 1e12:.0f})")
+    results = []
+    for i, b in enumerate(batches):
+        last = i == len(batches) - 1
+        r = measure(args, b, dtype, args.profile_dir if last else "")
+        achieved, model_rate = r["xla_flops"] / r["seconds"], r["model_flops"] / r["seconds"]
+        line = (
+            f"{args.stage} step, batch {b}, {args.channels} channels: {r['seconds'] * 1e3:.2f} ms "
+            f"({b / r['seconds']:.0f} samples/s, compile {r['compile_s']:.1f} s); "
+            f"XLA {r['xla_flops'] / 1e9:.1f} GFLOP -> {achieved / 1e12:.2f} TFLOP/s; "
+            f"model {r['model_flops'] / 1e9:.1f} GFLOP -> {model_rate / 1e12:.2f} TFLOP/s"
+        )
+        if on_gpu and peak:
+            line += f"; MFU {model_rate / peak:.3f} (of measured dot {model_rate / matmul:.3f})"
+        print(line, flush=True)
+        results.append((r, model_rate))
+    r, model_rate = results[-1]
+    if on_gpu:
         if peak is None:
             print(f"mfu=nan  (no bf16 peak known for {device.device_kind!r}; add it to PEAK_BF16)")
             return
-        print(f"peak bf16 {peak / 1e12:.0f} TFLOP/s")
-        print(f"mfu={achieved / peak:.3f}")
+        print(f"mfu={model_rate / peak:.3f}")
         return
     print("no GPU in this process: CPU utilisation instead of MFU")
-    n_patches = -(-args.time_steps // config.model.patch_len)
-    rows = args.batch * (1 + args.channels * (n_patches + 1))
-    best, shape = best_dot_rate(rows, config.model.d_model, config.model.mlp_dim, jnp.dtype(dtype))
+    model = r["config"].model
+    n_patches = -(-args.time_steps // model.patch_len)
+    rows = batches[-1] * (1 + args.channels * (n_patches + 1))
+    best, shape = best_dot_rate(rows, model.d_model, model.mlp_dim, jnp.dtype(dtype))
+    achieved = r["xla_flops"] / r["seconds"]
     print(f"best jnp.dot of the step's shapes: {best / 1e9:.1f} GFLOP/s at {shape}")
     print(f"cpu_utilization={achieved / best:.3f}")
 

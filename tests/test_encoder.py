@@ -12,7 +12,7 @@ from tests.numpy_reference import reference_forward
 from trace_jax.model import EncoderConfig, TraceEncoder
 from trace_jax.model.activations import gelu
 from trace_jax.model.attention import block_diagonal_attention, dense_attention
-from trace_jax.model.layout import TokenLayout
+from trace_jax.model.layout import TokenLayout, Tokens
 from trace_jax.model.partitioning import logical_axes
 
 TINY = EncoderConfig(
@@ -115,9 +115,10 @@ def test_block_diagonal_fast_path_equals_dense_masked_path():
     )
     key_valid = jnp.asarray(rng.random((2, layout.length)) > 0.3).at[:, 0].set(True)
     identity = lambda p: p
-    fast = block_diagonal_attention(q, k, v, key_valid, layout, identity)
+    split = lambda x: Tokens.split(x, layout)
+    fast = block_diagonal_attention(split(q), split(k), split(v), split(key_valid), identity)
     dense = dense_attention(q, k, v, key_valid, layout, "block_diagonal", identity)
-    np.testing.assert_allclose(fast, dense, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fast.joined(), dense, atol=1e-6, rtol=0)
 
 
 def test_block_diagonal_channels_do_not_see_each_other():
@@ -264,10 +265,13 @@ def test_scanned_layers_equal_unrolled_layers_forward_and_gradient():
     a, ga = jax.value_and_grad(functools.partial(loss, TraceEncoder(cfg)))(params)
     b, gb = jax.value_and_grad(functools.partial(loss, TraceEncoder(scanned_cfg)))(stacked)
     np.testing.assert_allclose(a, b, rtol=1e-5)
+    # float32 rounding differs between the two programs: compare against the gradient's scale
+    # (max |g| is about 50 here; the two differ by about 1e-5 on entries of 1e-4).
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ga))
     for i in range(3):
         for x1, x2 in zip(
             jax.tree.leaves(ga[f"block_{i}"]),
             jax.tree.leaves(jax.tree.map(lambda v: v[i], gb["blocks"]["block"])),
         ):
-            np.testing.assert_allclose(x1, x2, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(x1, x2, rtol=1e-4, atol=2e-6 * scale)
     assert logical_axes("model/encoder/blocks/block/mlp/fc1/kernel", 3) == (None, "embed", "mlp")

@@ -116,6 +116,32 @@ def test_info_nce_all_invalid_is_zero_and_finite():
     assert bool(jnp.isfinite(loss)) and bool(jnp.all(jnp.isfinite(grads)))
 
 
+@pytest.mark.parametrize("k", [1, 3, 7, 20])
+def test_kth_largest_matches_sort(k):
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=(6, 20)).astype(np.float32)
+    scores[0] = -np.inf  # too few valid candidates: the k-th is -inf
+    scores[1, :10] = -np.inf
+    scores[2, ::2] = 0.25  # ties and a repeated value
+    scores[3] = -scores[3] * 1e-30  # tiny values of both signs, -0.0 included
+    scores[3, 0] = -0.0
+    expected = -np.sort(-scores, axis=1)[:, k - 1]
+    np.testing.assert_array_equal(jax.jit(losses.kth_largest, static_argnums=1)(scores, k), expected)
+
+
+def test_hard_negatives_tied_with_the_kth_are_all_kept():
+    # Texts 1 and 2 are the same vector, so for series 0 they are equally hard: K=1 keeps both,
+    # whatever their order in the batch.
+    s = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+    t = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, 0.8], [-1.0, 0.0]], np.float32)
+    sim = s @ t.T
+    per_anchor, _ = losses._direction(  # pylint: disable=protected-access
+        jnp.asarray(sim), jnp.asarray(sim), jnp.ones(4, bool), 1
+    )
+    expected = np.log(np.exp(sim[0, 0]) + 2 * np.exp(sim[0, 1])) - sim[0, 0]
+    np.testing.assert_allclose(per_anchor[0], expected, rtol=1e-6)
+
+
 def test_hard_negative_selection_picks_most_similar():
     # 2-d unit vectors at chosen angles: sim = cos(a_i - b_j); text 0 sits much closer to
     # series 1 than the other texts, etc., so K=1 must pick a specific negative per anchor.
@@ -222,7 +248,8 @@ def test_sample_and_channel_loss_pools_across_samples():
     np.testing.assert_allclose(float(m["sample_loss"]), 0.0, atol=1e-7)
     np.testing.assert_allclose(float(m["channel_loss"]), math.log(1 + 1 / e), rtol=1e-6)
     np.testing.assert_allclose(float(loss), 0.5 * math.log(1 + 1 / e), rtol=1e-6)
-    # Hard negatives K=1 on the pooled channel level: one negative per anchor -> log(1 + 1/e).
+    # Hard negatives K=1 on the pooled channel level: the three negatives of each anchor (from
+    # both samples) tie at cosine 0 and ties with the K-th are kept -> log(1 + 3/e).
     kw["hard_negatives"] = 1
     _, m = sample_and_channel_loss(
         cls,
@@ -233,7 +260,7 @@ def test_sample_and_channel_loss_pools_across_samples():
         channel_valid=np.ones((2, 2), bool),
         **kw,
     )
-    np.testing.assert_allclose(float(m["channel_loss"]), math.log(1 + 1 / e), rtol=1e-6)
+    np.testing.assert_allclose(float(m["channel_loss"]), math.log(1 + 3 / e), rtol=1e-6)
 
 
 def test_sample_and_channel_loss_matches_two_info_nce():

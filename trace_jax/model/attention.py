@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trace_jax.model.layout import TokenLayout
+from trace_jax.model.layout import TokenLayout, Tokens
 from trace_jax.model.rope import apply_rope
 
 Array = jax.Array
@@ -30,40 +30,45 @@ def _attend(q, k, v, allowed, dropout: Dropout, scores_spec: str, out_spec: str)
 
 
 def dense_attention(q, k, v, key_valid, layout: TokenLayout, mode: str, dropout: Dropout):
-    """q, k, v (B, L, H, hd); the (L, L) mask of `mode` combined with key padding."""
+    """q, k, v (B, L, H, hd); the (L, L) mask of `mode` combined with key padding (B, L)."""
     eye = np.eye(layout.length, dtype=bool)
     structural = layout.structural_mask(mode)
     allowed = structural[None] & (key_valid[:, None, :] | eye[None])  # (B, L, L)
     return _attend(q, k, v, allowed[:, None], dropout, "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd")
 
 
-def block_diagonal_attention(q, k, v, key_valid, layout: TokenLayout, dropout: Dropout):
+def block_diagonal_attention(q: Tokens, k: Tokens, v: Tokens, key_valid: Tokens, dropout: Dropout):
     """The block-diagonal mask without building it: cost linear in the number of channels.
 
-    Channel tokens attend as B*C independent sequences of N+1 tokens (their CIT and patches);
-    [CLS] is one query over every key of its sample.
+    q, k, v: Tokens of (B, 1, H, hd) and (B, C, S, H, hd); key_valid: Tokens of (B, 1) and
+    (B, C, S). Channel tokens attend as B*C independent sequences of S tokens (their CIT and
+    patches); [CLS] is one query over every key of its sample, itself included.
     """
-    b, _, h, hd = q.shape
-    c, s = layout.num_channels, layout.channel_length
-
-    def per_channel(x):
-        return x[:, 1:].reshape(b, c, s, h, hd)
-
-    valid = key_valid[:, 1:].reshape(b, c, s)
-    allowed = valid[:, :, None, :] | np.eye(s, dtype=bool)  # (B, C, S, S)
-    channel_out = _attend(
-        per_channel(q),
-        per_channel(k),
-        per_channel(v),
+    b, c, s, h, _ = q.channels.shape
+    allowed = key_valid.channels[:, :, None, :] | np.eye(s, dtype=bool)  # (B, C, S, S)
+    channels = _attend(
+        q.channels,
+        k.channels,
+        v.channels,
         allowed[:, :, None],
         dropout,
         "bcqhd,bckhd->bchqk",
         "bchqk,bckhd->bcqhd",
     )
-    cls_out = _attend(
-        q[:, :1], k, v, key_valid[:, None, None, :], dropout, "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
-    )
-    return jnp.concatenate([cls_out, channel_out.reshape(b, c * s, h, hd)], axis=1)
+    # [CLS]: scores over its own key and the C*S channel keys, one softmax over both.
+    scale = 1.0 / math.sqrt(q.cls.shape[-1])
+    to_self = jnp.einsum("bqhd,bqhd->bhq", q.cls, k.cls, preferred_element_type=jnp.float32)
+    to_channels = jnp.einsum(
+        "bqhd,bcshd->bhqcs", q.cls, k.channels, preferred_element_type=jnp.float32
+    ).reshape(b, h, c * s)
+    scores = jnp.concatenate([to_self, to_channels], axis=-1) * scale
+    valid = jnp.concatenate([key_valid.cls, key_valid.channels.reshape(b, c * s)], axis=-1)
+    scores = jnp.where(valid[:, None], scores, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(v.cls.dtype)  # (B, H, 1 + C*S)
+    cls = jnp.einsum("bhq,bqhd->bqhd", probs[..., :1], v.cls) + jnp.einsum(
+        "bhcs,bcshd->bhd", probs[..., 1:].reshape(b, h, c, s), v.channels
+    )[:, None]
+    return Tokens(cls, channels)
 
 
 class ChannelBiasedAttention(nn.Module):
@@ -79,25 +84,30 @@ class ChannelBiasedAttention(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, h, layout: TokenLayout, key_valid, rope, deterministic: bool):
-        b, length, d = h.shape
+    def __call__(self, x: Tokens, layout: TokenLayout, key_valid: Tokens, rope, deterministic):
+        d = x.cls.shape[-1]
         hd = d // self.num_heads
 
-        def project(name):
+        def project(name) -> Tokens:
             # No key bias: it adds the same q.b to every score of a query, which softmax
             # ignores; its exact gradient is 0, so Adam would only turn rounding into noise.
             dense = nn.Dense(d, dtype=self.dtype, use_bias=name != "key", name=name)
-            return dense(h).reshape(b, length, self.num_heads, hd)
+            return jax.tree.map(lambda t: dense(t).reshape(*t.shape[:-1], self.num_heads, hd), x)
 
-        cos, sin = rope
-        q = apply_rope(project("query"), cos, sin)
-        k = apply_rope(project("key"), cos, sin)
-        v = project("value")
+        def rotate(t: Tokens) -> Tokens:
+            # [CLS] sits at position 0, where the rotation is the identity.
+            return t._replace(channels=apply_rope(t.channels, *rope))
 
+        q, k, v = rotate(project("query")), rotate(project("key")), project("value")
         drop = nn.Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)
         if self.channel_bias == "block_diagonal":
-            out = block_diagonal_attention(q, k, v, key_valid, layout, dropout)
+            out = block_diagonal_attention(q, k, v, key_valid, dropout)
         else:
-            out = dense_attention(q, k, v, key_valid, layout, self.channel_bias, dropout)
-        return nn.Dense(d, dtype=self.dtype, name="out")(out.reshape(b, length, d))
+            joined = dense_attention(
+                q.joined(), k.joined(), v.joined(), key_valid.joined(), layout,
+                self.channel_bias, dropout,
+            )
+            out = Tokens.split(joined, layout)
+        out_proj = nn.Dense(d, dtype=self.dtype, name="out")
+        return jax.tree.map(lambda t: out_proj(t.reshape(*t.shape[:-2], d)), out)

@@ -16,7 +16,7 @@ import numpy as np
 
 from trace_jax.model.activations import gelu
 from trace_jax.model.attention import ChannelBiasedAttention
-from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout
+from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens
 from trace_jax.model.patching import patchify
 from trace_jax.model.revin import revin
 from trace_jax.model.rope import rope_tables, rotary_dims
@@ -133,22 +133,39 @@ class Mlp(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Post-LN transformer block (as the public code): LN(h + attn(h)), LN(h + mlp(h))."""
+    """Post-LN transformer block (as the public code): LN(h + attn(h)), LN(h + mlp(h)).
+
+    h is the token sequence as `Tokens`; every layer but attention is token-wise and maps over
+    its two arrays with the same weights.
+    """
 
     config: EncoderConfig
 
     @nn.compact
-    def __call__(self, h, layout, key_valid, rope, deterministic: bool):
+    def __call__(self, h: Tokens, layout, key_valid, rope, deterministic: bool) -> Tokens:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         drop = nn.Dropout(cfg.dropout)
         attn = ChannelBiasedAttention(
             cfg.num_heads, cfg.channel_bias, cfg.attention_dropout, dtype, name="attention"
         )(h, layout, key_valid, rope, deterministic)
-        norm = lambda name: nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name=name)
-        h = norm("attention_norm")(h + drop(attn, deterministic=deterministic))
-        mlp = Mlp(cfg.mlp_dim, dtype, name="mlp")(h)
-        return norm("mlp_norm")(h + drop(mlp, deterministic=deterministic))
+        attention_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="attention_norm")
+        h = jax.tree.map(
+            lambda x, a: attention_norm(x + drop(a, deterministic=deterministic)), h, attn
+        )
+        mlp = Mlp(cfg.mlp_dim, dtype, name="mlp")
+        mlp_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="mlp_norm")
+        return jax.tree.map(
+            lambda x: mlp_norm(x + drop(mlp(x), deterministic=deterministic)), h
+        )
+
+
+def constrain_to_batch(h: Tokens) -> Tokens:
+    """Between blocks the batch is split over the batch axes and nothing else, so FSDP- and
+    model-sharded weights are gathered or reduced inside a block."""
+    return jax.tree.map(
+        lambda x: nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1)), h
+    )
 
 
 class ScannedBlock(nn.Module):
@@ -159,10 +176,9 @@ class ScannedBlock(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, h, key_valid, rope):
-        h = nn.with_logical_constraint(h, ("batch", None, None))
+    def __call__(self, h: Tokens, key_valid, rope):
         block = EncoderBlock(self.config, name="block")
-        return block(h, self.layout, key_valid, rope, self.deterministic), None
+        return block(constrain_to_batch(h), self.layout, key_valid, rope, self.deterministic), None
 
 
 # Periods (in the data's units) of the sinusoidal features of a channel's level.
@@ -234,18 +250,13 @@ class TraceEncoder(nn.Module):
             cit = cit + nn.Dense(cfg.d_model, dtype=dtype, name="level_embed")(
                 level_features(mean, std)
             )
-        per_channel = jnp.concatenate([cit[:, :, None], tokens], axis=2)  # (B, C, N+1, d)
-        h = jnp.concatenate(
-            [
-                jnp.broadcast_to(cls_token.astype(dtype), (b, 1, cfg.d_model)),
-                per_channel.reshape(b, c * (n + 1), cfg.d_model),
-            ],
-            axis=1,
+        h = Tokens(
+            cls=jnp.broadcast_to(cls_token.astype(dtype), (b, 1, cfg.d_model)),
+            channels=jnp.concatenate([cit[:, :, None], tokens], axis=2),  # (B, C, N+1, d)
         )
-
         key_valid = layout.key_valid(channel_valid, patch_valid)
         rope = rope_tables(
-            layout.positions,
+            layout.channel_positions,
             rotary_dims(cfg.d_model // cfg.num_heads, cfg.rope_fraction),
             cfg.rope_base,
         )
@@ -263,16 +274,13 @@ class TraceEncoder(nn.Module):
             # Static under remat: the layout (hashable) and the deterministic flag.
             block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
             for i in range(cfg.num_layers):
-                # Between blocks the batch is split over the batch axes and nothing else, so
-                # FSDP- and model-sharded weights are gathered or reduced inside a block.
-                h = nn.with_logical_constraint(h, ("batch", None, None))
+                h = constrain_to_batch(h)
                 h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
 
-        h = h.astype(jnp.float32)
-        per_channel = h[:, 1:].reshape(b, c, n + 1, cfg.d_model)
+        per_channel = h.channels.astype(jnp.float32)
         out_tokens = per_channel[:, :, 1:]
         return {
-            "cls": h[:, 0],
+            "cls": h.cls[:, 0].astype(jnp.float32),
             "channels": per_channel[:, :, 0],
             "tokens": out_tokens,
             "channel_pooled": _masked_mean(out_tokens, patch_valid, axis=2),
