@@ -201,6 +201,33 @@ def _masked_mean(x, valid, axis):
     return (x * w).sum(axis) / jnp.maximum(w.sum(axis), 1.0)
 
 
+class ChannelIdentity(nn.Module):
+    """The CIT table: channel id -> (d,) vector, as nn.Embed (same parameter, same values).
+
+    Looked up as a one-hot matmul for tables up to ONE_HOT_MAX_CHANNELS rows: a gather's
+    gradient is a scatter-add, and every sample of a batch adds into the same few rows, which a
+    GPU serialises (8% of an H200 alignment step); the matmul's gradient is a matmul, and at
+    this size costs less than a gather on either device.
+    """
+
+    num_channels: int
+    features: int
+    dtype: jnp.dtype
+
+    ONE_HOT_MAX_CHANNELS = 1024
+
+    @nn.compact
+    def __call__(self, channel_ids):
+        table = self.param(
+            "embedding", nn.initializers.normal(0.02), (self.num_channels, self.features)
+        ).astype(self.dtype)
+        if self.num_channels > self.ONE_HOT_MAX_CHANNELS:
+            return jnp.take(table, channel_ids, axis=0)
+        one_hot = jax.nn.one_hot(channel_ids, self.num_channels, dtype=self.dtype)
+        # HIGHEST: a float32 matmul may otherwise run in TF32 on a GPU and round the table.
+        return jnp.matmul(one_hot, table, precision=jax.lax.Precision.HIGHEST)
+
+
 class TraceEncoder(nn.Module):
     """Series (B, C, T) -> [CLS], per-channel CIT and patch-token embeddings.
 
@@ -243,9 +270,9 @@ class TraceEncoder(nn.Module):
         tokens = nn.Dense(cfg.d_model, dtype=dtype, name="patch_embed")(patches)
         if mask_patches is not None:
             tokens = jnp.where(mask_patches[..., None], mask_embedding.astype(dtype), tokens)
-        cit = nn.Embed(
-            cfg.num_channels, cfg.d_model, embedding_init=init, dtype=dtype, name="channel_identity"
-        )(channel_ids)
+        cit = ChannelIdentity(cfg.num_channels, cfg.d_model, dtype, name="channel_identity")(
+            channel_ids
+        )
         if cfg.level_embedding:
             cit = cit + nn.Dense(cfg.d_model, dtype=dtype, name="level_embed")(
                 level_features(mean, std)
