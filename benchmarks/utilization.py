@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/utilization.py                    # alignment step, batch 64
     .venv/bin/python benchmarks/utilization.py --stage pretrain --batch 64
+    .venv/bin/python benchmarks/utilization.py --variant cpu --batch 64   # the :cpu model size
     .venv/bin/python benchmarks/utilization.py --dtype bfloat16 --batch 64,256,1024 --profile_dir DIR
 
 What is measured: the real jitted train step (configs/<stage>.py at paper size: T=186, P=6,
@@ -45,6 +46,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("align", "pretrain"), default="align")
     p.add_argument("--batch", default="64", help="batch size, or several: 64,256,1024")
+    p.add_argument("--variant", default="", help="config variant: '' paper size, cpu, tiny")
     p.add_argument("--channels", type=int, default=7)
     p.add_argument("--time_steps", type=int, default=186)
     p.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU)")
@@ -124,6 +126,7 @@ def measure(args, batch_size: int, dtype: str, profile_dir: str = "") -> dict:
     )
 
     vt_args = argparse.Namespace(
+        variant=args.variant,
         batch=batch_size,
         channels=args.channels,
         attention_dropout=None,
@@ -182,7 +185,8 @@ def main(argv=None):
         r = measure(args, b, dtype, args.profile_dir if last else "")
         achieved, model_rate = r["xla_flops"] / r["seconds"], r["model_flops"] / r["seconds"]
         line = (
-            f"{args.stage} step, batch {b}, {args.channels} channels: {r['seconds'] * 1e3:.2f} ms "
+            f"{args.stage} step ({args.variant or 'paper'} size), batch {b}, {args.channels} "
+            f"channels: {r['seconds'] * 1e3:.2f} ms "
             f"({b / r['seconds']:.0f} samples/s, compile {r['compile_s']:.1f} s); "
             f"XLA {r['xla_flops'] / 1e9:.1f} GFLOP -> {achieved / 1e12:.2f} TFLOP/s; "
             f"model {r['model_flops'] / 1e9:.1f} GFLOP -> {model_rate / 1e12:.2f} TFLOP/s"

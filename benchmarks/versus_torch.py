@@ -43,9 +43,9 @@ compiling, then --steps timed steps, each of ours ended with jax.block_until_rea
   load       the 1-minute load average when the child ended.
 Memory caveat: our step allocates its temporaries as one block per execution (3.8 GiB at batch
 64, C=7); under tcmalloc the next step sometimes cannot reuse it and maps a second one, so our
-peak RSS reads 4.9 or 9.0 GiB from run to run. Use --malloc glibc-hugetlb for memory figures
-(at C=112, batch 16, ours peaks at about 16 GiB there; under tcmalloc it was killed for memory
-on a 23 GiB machine).
+peak RSS reads 4.1 or 8.2 GiB from run to run. Use --malloc glibc for memory figures: plain
+glibc returns freed blocks to the kernel, so the peak is what is live (at C=112, batch 16, with
+model.remat and model.scan_layers: 3.6 GiB; without them about 14.5 GiB under any allocator).
 
 Process settings, set in the children's environment (they must precede process start) and
 named in the header line:
@@ -158,7 +158,7 @@ def load_config(figure: str, args) -> dict:
     spec = importlib.util.spec_from_file_location(stage, REPO / "configs" / f"{stage}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config("")
+    config = module.get_config(getattr(args, "variant", ""))
     config.train.batch_size = batch_size(figure, args)
     config.model.num_channels = max(config.model.num_channels, args.channels)
     if args.attention_dropout is not None:
