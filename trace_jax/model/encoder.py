@@ -206,8 +206,7 @@ class ChannelIdentity(nn.Module):
 
     Looked up as a one-hot matmul for tables up to ONE_HOT_MAX_CHANNELS rows: a gather's
     gradient is a scatter-add, and every sample of a batch adds into the same few rows, which a
-    GPU serialises (8% of an H200 alignment step); the matmul's gradient is a matmul, and at
-    this size costs less than a gather on either device.
+    GPU serialises (8% of an H200 alignment step); the matmul's gradient is a matmul.
     """
 
     num_channels: int

@@ -19,10 +19,10 @@ class Tokens(NamedTuple):
     (B, C, S, ...), S = a channel's CIT and its N patches.
 
     Block-diagonal attention reads each channel as one sequence, so keeping the channels in an
-    array of their own makes that a free view; one (B, L, ...) array would need a slice, a
-    reshape and a concatenation per attention (and pads in the backward pass), about a sixth
-    of a training step's time on a CPU. Token-wise layers map over both arrays
-    (`jax.tree.map`), so their weights and their outputs are those of the joined sequence.
+    array of their own makes that a free view; one (B, L, ...) array needs a slice, a reshape
+    and a concatenation per attention, and pads in the backward pass (BENCHMARKS.md has what
+    that cost and saved). Token-wise layers map over both arrays (`jax.tree.map`), so their
+    weights and their outputs are those of the joined sequence.
     """
 
     cls: jax.Array
@@ -57,13 +57,9 @@ class TokenLayout:
         return 1 + self.num_channels * self.channel_length
 
     @functools.cached_property
-    def positions(self) -> np.ndarray:
-        """RoPE positions: CLS and CIT 0 (unrotated); patch i of every channel i (1-based)."""
-        return np.concatenate([[0], np.tile(self.channel_positions, self.num_channels)])
-
-    @functools.cached_property
     def channel_positions(self) -> np.ndarray:
-        """RoPE positions of one channel's tokens: its CIT 0, then its patches 1..N."""
+        """RoPE positions of one channel's tokens: its CIT 0, then its patches 1..N ([CLS] is at
+        0 too, where the rotation is the identity)."""
         return np.arange(self.channel_length)
 
     @functools.cached_property
