@@ -23,8 +23,8 @@ def get_config(arg=None):
     c.align.channel_weight = 1.0  # lambda of the channel-level InfoNCE; 0 turns it off
     # Top-K cross-modal negatives per anchor; 0 = the whole batch. K=32 is the paper's, with
     # batches of 256 and more. At the cpu variant's batch of 64 it is half the batch, and a sweep
-    # on Weather-Captioned (README) ranked the whole batch first, then K=32, K=16, and K=8
-    # collapsed: that variant uses every in-batch negative.
+    # on Weather-Captioned (README) ranked the whole batch first on text<->series, then K=32,
+    # K=16, and K=8 collapsed: that variant uses every in-batch negative.
     variant = presets.parse_arg(arg, ("", "cpu", "tiny"))
     c.align.hard_negatives = 0 if variant == "cpu" else 32
     # Heads of the optional CIT <-> channel-text cross-attention before the channel loss;
