@@ -13,14 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import TokenLayout, Tokens
 from trace_jax.model.rope import apply_rope
 
 Array = jax.Array
-Dropout = Callable[[Array], Array]
+DropoutFn = Callable[[Array], Array]
 
 
-def _attend(q, k, v, allowed, dropout: Dropout, scores_spec: str, out_spec: str):
+def _attend(q, k, v, allowed, dropout: DropoutFn, scores_spec: str, out_spec: str):
     """softmax(q k^T / sqrt(hd), masked) v, with scores and softmax in float32."""
     scores = jnp.einsum(scores_spec, q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(q.shape[-1])
@@ -29,7 +30,7 @@ def _attend(q, k, v, allowed, dropout: Dropout, scores_spec: str, out_spec: str)
     return jnp.einsum(out_spec, probs.astype(v.dtype), v)
 
 
-def dense_attention(q, k, v, key_valid, layout: TokenLayout, mode: str, dropout: Dropout):
+def dense_attention(q, k, v, key_valid, layout: TokenLayout, mode: str, dropout: DropoutFn):
     """q, k, v (B, L, H, hd); the (L, L) mask of `mode` combined with key padding (B, L)."""
     eye = np.eye(layout.length, dtype=bool)
     structural = layout.structural_mask(mode)
@@ -37,7 +38,7 @@ def dense_attention(q, k, v, key_valid, layout: TokenLayout, mode: str, dropout:
     return _attend(q, k, v, allowed[:, None], dropout, "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd")
 
 
-def block_diagonal_attention(q: Tokens, k: Tokens, v: Tokens, key_valid: Tokens, dropout: Dropout):
+def block_diagonal_attention(q: Tokens, k: Tokens, v: Tokens, key_valid: Tokens, dropout: DropoutFn):
     """The block-diagonal mask without building it: cost linear in the number of channels.
 
     q, k, v: Tokens of (B, 1, H, hd) and (B, C, S, H, hd); key_valid: Tokens of (B, 1) and
@@ -99,7 +100,7 @@ class ChannelBiasedAttention(nn.Module):
             return t._replace(channels=apply_rope(t.channels, *rope))
 
         q, k, v = rotate(project("query")), rotate(project("key")), project("value")
-        drop = nn.Dropout(self.dropout_rate)
+        drop = Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)
         if self.channel_bias == "block_diagonal":
             out = block_diagonal_attention(q, k, v, key_valid, dropout)

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trace_jax.model.dropout import Dropout
+
 
 class ChannelCrossAttention(nn.Module):
     """LN(x + dropout(MHA(x, context))) over the channel axis; x, context (B, C, d)."""
@@ -38,10 +40,10 @@ class ChannelCrossAttention(nn.Module):
         # A sample with no valid channel leaves its rows uniform instead of NaN; those rows
         # are excluded from the loss anyway.
         scores = jnp.where(context_valid[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        probs = nn.Dropout(self.dropout_rate)(
+        probs = Dropout(self.dropout_rate)(
             jax.nn.softmax(scores, -1), deterministic=deterministic
         )
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, c, d)
         out = nn.Dense(d, name="out")(out)
-        out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+        out = Dropout(self.dropout_rate)(out, deterministic=deterministic)
         return nn.LayerNorm(name="norm")(x + out)

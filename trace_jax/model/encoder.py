@@ -16,6 +16,7 @@ import numpy as np
 
 from trace_jax.model.activations import gelu
 from trace_jax.model.attention import ChannelBiasedAttention
+from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens
 from trace_jax.model.patching import patchify
 from trace_jax.model.revin import revin
@@ -145,7 +146,7 @@ class EncoderBlock(nn.Module):
     def __call__(self, h: Tokens, layout, key_valid, rope, deterministic: bool) -> Tokens:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        drop = nn.Dropout(cfg.dropout)
+        drop = Dropout(cfg.dropout)
         attn = ChannelBiasedAttention(
             cfg.num_heads, cfg.channel_bias, cfg.attention_dropout, dtype, name="attention"
         )(h, layout, key_valid, rope, deterministic)
