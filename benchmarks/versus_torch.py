@@ -241,6 +241,7 @@ def run_jax(figure: str, config: dict, args) -> dict:
     import jax
     import ml_collections
 
+    from trace_jax import xla_options
     from trace_jax.model.heads import AlignModel
     from trace_jax.train.align import AlignTask
     from trace_jax.train.pretrain import PretrainTask
@@ -260,7 +261,8 @@ def run_jax(figure: str, config: dict, args) -> dict:
         embed = jax.jit(
             lambda params, series, observed, ids: task.model.apply(
                 {"params": params["model"]}, series, observed, ids, method=AlignModel.embed_series
-            )
+            ),
+            compiler_options=xla_options.encoder_forward(),  # as trace_jax.load(...) embeds
         )
         inputs = (params, batch["series"], batch["observed"], batch["channel_ids"])
         t0 = time.perf_counter()

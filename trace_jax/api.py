@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trace_jax import xla_options
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
 
@@ -116,7 +117,8 @@ class TraceModel:
         self._embed_series = jax.jit(
             lambda p, s, o, c: self.model.apply({"params": p}, s, o, c, method="embed_series")[
                 "sample"
-            ]
+            ],
+            compiler_options=xla_options.encoder_forward(),
         )
         self._project_text = jax.jit(
             lambda p, t: self.model.apply({"params": p}, t, method="embed_text")

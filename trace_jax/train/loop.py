@@ -21,6 +21,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from trace_jax import xla_options
 from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
 from trace_jax.train import sharding as shard_lib
@@ -181,6 +182,7 @@ def build_trainer(config, task, mesh, example) -> Trainer:
             ),
             in_shardings=(state_sharding["params"], batch_sharding),
             out_shardings=replicated,
+            compiler_options=xla_options.encoder_forward(),
         ),
     )
 
