@@ -48,7 +48,7 @@ TEXT_NORM_EPS = 1e-6
 LEVEL_SCALES = (0.1, 1.0, 10.0, 100.0, 1000.0)
 CHANNEL_BIAS_MODES = ("block_diagonal", "paper", "full")
 # EncoderConfig fields that change how ours computes, not what: this model keeps activations.
-IMPLEMENTATION_ONLY = ("remat", "scan_layers")
+IMPLEMENTATION_ONLY = ("remat", "remat_policy", "scan_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ class TorchTraceConfig:
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> "TorchTraceConfig":
         """From an EncoderConfig-style mapping. Fields that only choose how ours trades memory
-        for time (remat, scan_layers) compute the same function and are dropped; any other
+        for time (remat, remat_policy, scan_layers) compute the same function and are dropped; any other
         field this class lacks is an error, so a new model option cannot be ignored silently."""
         m = dict(m)
         if m.pop("dtype", "float32") != "float32":

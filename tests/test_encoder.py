@@ -227,7 +227,8 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close():
     assert np.abs(out32 - out16).max() < 0.1
 
 
-def test_remat_gives_the_same_outputs_and_gradients():
+@pytest.mark.parametrize("policy", ["full", "mlp"])
+def test_remat_gives_the_same_outputs_and_gradients(policy):
     series, observed = awkward_inputs(2, 3, 16, seed=4)
     params = random_params(TraceEncoder(TINY), series, seed=4)
 
@@ -236,9 +237,33 @@ def test_remat_gives_the_same_outputs_and_gradients():
         return jnp.sum(out["cls"] ** 2) + jnp.sum(out["channels"] ** 2)
 
     plain = jax.value_and_grad(loss)(params, TINY)
-    remat = jax.value_and_grad(loss)(params, dataclasses.replace(TINY, remat=True))
+    remat_cfg = dataclasses.replace(TINY, remat=True, remat_policy=policy)
+    remat = jax.value_and_grad(loss)(params, remat_cfg)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_remat_mlp_policy_recomputes_fewer_matmuls_than_full():
+    """The 'mlp' policy keeps fc1/fc2 outputs: its backward program holds fewer dots."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 24))
+    cfg = EncoderConfig(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, num_channels=8)
+    params = TraceEncoder(cfg).init(jax.random.key(1), x)
+
+    def dots(policy):
+        model = TraceEncoder(dataclasses.replace(cfg, remat=True, remat_policy=policy))
+        grad = jax.grad(lambda p: jnp.sum(model.apply(p, x)["cls"] ** 2))
+        return str(jax.make_jaxpr(grad)(params)).count("dot_general")
+
+    plain = TraceEncoder(cfg)
+    no_remat = str(
+        jax.make_jaxpr(jax.grad(lambda p: jnp.sum(plain.apply(p, x)["cls"] ** 2)))(params)
+    ).count("dot_general")
+    assert no_remat < dots("mlp") < dots("full")
+
+
+def test_unknown_remat_policy_is_refused():
+    with pytest.raises(ValueError, match="remat_policy"):
+        EncoderConfig(remat_policy="everything")
 
 
 def test_gelu_custom_gradient_matches_autodiff():

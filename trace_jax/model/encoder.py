@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from trace_jax.model.activations import gelu
 from trace_jax.model.attention import ChannelBiasedAttention
@@ -23,6 +24,13 @@ from trace_jax.model.revin import revin
 from trace_jax.model.rope import rope_tables, rotary_dims
 
 LAYER_NORM_EPS = 1e-5
+
+
+# remat_policy -> which named intermediates a rematerialised block keeps (None: none).
+REMAT_POLICIES = {
+    "full": None,
+    "mlp": jax.checkpoint_policies.save_only_these_names("mlp_hidden", "mlp_out"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +56,10 @@ class EncoderConfig:
     # Recompute each block's activations in the backward pass instead of keeping them: memory
     # per layer drops from all intermediates to the block input.
     remat: bool = False
+    # What remat keeps: "full" only the block input (the least memory; the backward pass reruns
+    # the whole block); "mlp" also the outputs of fc1 and fc2 (mlp_dim + d_model floats a token
+    # a layer), so the backward pass reruns only attention, a third of the block's matmuls.
+    remat_policy: str = "full"
     # Run the blocks as one nn.scan over stacked parameters (params["blocks"], leading axis =
     # layer) instead of block_0..block_{n-1}. With remat this is what bounds memory on XLA:CPU,
     # whose scheduler otherwise runs every block's recomputation up front (memory as without
@@ -66,6 +78,10 @@ class EncoderConfig:
         for name in ("patch_len", "d_model", "num_heads", "num_layers", "mlp_dim", "num_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy must be one of {tuple(REMAT_POLICIES)}, got {self.remat_policy!r}"
+            )
         if not 0.0 <= self.rope_fraction <= 1.0:
             raise ValueError(f"rope_fraction must be in [0, 1], got {self.rope_fraction}")
 
@@ -128,9 +144,9 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, h):
         d = h.shape[-1]
-        h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(h)
+        h = checkpoint_name(nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(h), "mlp_hidden")
         h = gelu(h)
-        return nn.Dense(d, dtype=self.dtype, name="fc2")(h)
+        return checkpoint_name(nn.Dense(d, dtype=self.dtype, name="fc2")(h), "mlp_out")
 
 
 class EncoderBlock(nn.Module):
@@ -288,7 +304,12 @@ class TraceEncoder(nn.Module):
             cfg.rope_base,
         )
         if cfg.scan_layers:
-            body = nn.remat(ScannedBlock, prevent_cse=False) if cfg.remat else ScannedBlock
+            policy = REMAT_POLICIES[cfg.remat_policy]
+            body = (
+                nn.remat(ScannedBlock, prevent_cse=False, policy=policy)
+                if cfg.remat
+                else ScannedBlock
+            )
             blocks = nn.scan(
                 body,
                 variable_axes={"params": 0},
@@ -299,7 +320,11 @@ class TraceEncoder(nn.Module):
             h, _ = blocks(h, key_valid, rope)
         else:
             # Static under remat: the layout (hashable) and the deterministic flag.
-            block = nn.remat(EncoderBlock, static_argnums=(2, 5)) if cfg.remat else EncoderBlock
+            block = (
+                nn.remat(EncoderBlock, static_argnums=(2, 5), policy=REMAT_POLICIES[cfg.remat_policy])
+                if cfg.remat
+                else EncoderBlock
+            )
             for i in range(cfg.num_layers):
                 h = constrain_to_batch(h)
                 h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
