@@ -2,13 +2,13 @@
 
 `flax.linen.Dropout` draws one threefry-2x32 word per element: 20 rounds of add/rotate/xor
 whose intermediates XLA materialises, about 35 ms for one (64, 218, 384) activation on the
-project's 2-core CPU, and the encoder drops out 13 of them a step. Here one threefry draw per
-call gives two 32-bit seed words and each element's bit comes from hashing its index with
-them (the 'lowbias32' integer mixer, applied per row of the last axis and again per element),
-which XLA fuses into the neighbouring elementwise work: ~1 ms for the same activation, and on
-a GPU no separate kernel at all. Counter-based, like PyTorch's Philox masks on a GPU: the mask
-depends only on the key and the element's index, so a sharded array gets the same mask as an
-unsharded one.
+project's 2-core CPU, and the paper-size encoder drops out 12 such activations a step. Here
+one threefry draw per call gives two 32-bit seed words, and each element's bit comes from
+hashing its index with them (the 'lowbias32' integer mixer, applied per row of the last axis
+and again per element), which XLA fuses into the neighbouring elementwise work: about 1 ms
+for the same activation (the GPU has not been measured yet). Counter-based, like PyTorch's
+Philox masks on a GPU: the mask depends only on the key and the element's index, so a sharded
+array gets the same mask as an unsharded one.
 
 The keep probability is 1 - round(rate * 2^32) / 2^32 (exact to 2^-32). The backward pass
 recomputes the mask from the two seed words instead of keeping a boolean array per call.
