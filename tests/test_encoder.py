@@ -300,3 +300,17 @@ def test_scanned_layers_equal_unrolled_layers_forward_and_gradient():
         ):
             np.testing.assert_allclose(x1, x2, rtol=1e-4, atol=2e-6 * scale)
     assert logical_axes("model/encoder/blocks/block/mlp/fc1/kernel", 3) == (None, "embed", "mlp")
+
+
+@pytest.mark.parametrize("head_dim,rot_dims", [(16, 8), (16, 16), (12, 8), (8, 4), (10, 0)])
+def test_rope_matches_rotate_half_reference(head_dim, rot_dims):
+    from trace_jax.model.rope import apply_rope, rope_tables
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (2, 5, 3, head_dim)), np.float64)
+    cos, sin = rope_tables(np.arange(5), rot_dims, 10000.0)
+    half = rot_dims // 2
+    a, b, rest = x[..., :half], x[..., half:rot_dims], x[..., rot_dims:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    want = np.concatenate([a * c - b * s, b * c + a * s, rest], axis=-1)
+    got = apply_rope(jnp.asarray(x, jnp.float32), cos, sin)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
