@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/xla_options.py                   # series embeddings, batch 256
     .venv/bin/python benchmarks/xla_options.py --stage pretrain  # the training step, batch 64
+    .venv/bin/python benchmarks/xla_options.py --variant cpu     # the :cpu model size
 
 Compiles the same jitted function once per candidate set of compiler options (passed to
 `.compile(compiler_options=...)`, so one process compares them all) and times each: the
@@ -49,13 +50,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("infer", "pretrain", "align"), default="infer")
     p.add_argument("--batch", type=int, default=None, help="default: 256 infer, 64 training")
+    p.add_argument("--variant", default="", help="config variant: '' paper size, cpu, tiny")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma list of names")
     return p.parse_args(argv)
 
 
-def build(stage: str, batch_size: int):
-    """(jitted function, its arguments) of the stage at paper size on random inputs."""
+def build(stage: str, batch_size: int, variant: str = ""):
+    """(jitted function, its arguments) of the stage (config variant: '' = paper size) on
+    random inputs."""
     from trace_jax.model.heads import AlignModel  # pylint: disable=g-import-not-at-top
     from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
     from trace_jax.train.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
@@ -67,7 +70,12 @@ def build(stage: str, batch_size: int):
     )
 
     vt_args = argparse.Namespace(
-        variant="", batch=batch_size, channels=7, attention_dropout=None, channel_bias=None, set=[]
+        variant=variant,
+        batch=batch_size,
+        channels=7,
+        attention_dropout=None,
+        channel_bias=None,
+        set=[],
     )
     config = ml_collections.ConfigDict(versus_torch.load_config(stage, vt_args))
     task = (PretrainTask if stage == "pretrain" else AlignTask)(config)
@@ -95,7 +103,7 @@ def main(argv=None) -> int:
     from trace_jax import xla_options  # pylint: disable=g-import-not-at-top
 
     batch_size = args.batch or (256 if args.stage == "infer" else 64)
-    fn, inputs = build(args.stage, batch_size)
+    fn, inputs = build(args.stage, batch_size, args.variant)
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
     unknown = set(names) - set(CANDIDATES)
     if unknown:
@@ -106,7 +114,8 @@ def main(argv=None) -> int:
         names.append(chosen_name)
     if "default" not in names:
         names.insert(0, "default")
-    print(f"{args.stage}, paper size, batch {batch_size}, 7 channels; jax {jax.__version__}")
+    size = f"variant {args.variant!r}" if args.variant else "paper size"
+    print(f"{args.stage}, {size}, batch {batch_size}, 7 channels; jax {jax.__version__}")
     seconds, reference = {}, None
     for name in names:
         compiled = fn.lower(*inputs).compile(compiler_options=CANDIDATES[name])

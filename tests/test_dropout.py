@@ -58,7 +58,11 @@ def test_same_key_same_mask_other_keys_independent():
     expected = p * p + (1 - p) * (1 - p)
     sigma = np.sqrt(expected * (1 - expected) / a.size)
     seed = np.asarray(_seed(0))
-    others = [_seed(1), seed ^ np.array([1, 0], np.uint32), seed ^ np.array([0, 1 << 31], np.uint32)]
+    others = [
+        _seed(1),
+        seed ^ np.array([1, 0], np.uint32),
+        seed ^ np.array([0, 1 << 31], np.uint32),
+    ]
     for other in others:
         b = np.asarray(keep_mask(jnp.asarray(other), shape, rate))
         assert abs((a == b).mean() - expected) < 5 * sigma
@@ -71,7 +75,9 @@ def test_gradient_is_the_forward_mask_over_the_keep_probability():
     y = _apply(x, rate, key=7)
     g = jax.grad(lambda x: (w * _apply(x, rate, key=7)).sum())(x)
     kept = np.asarray(y) != 0
-    np.testing.assert_allclose(np.asarray(g), np.where(kept, np.asarray(w) / (1 - rate), 0), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(g), np.where(kept, np.asarray(w) / (1 - rate), 0), rtol=1e-6
+    )
 
 
 def test_off_paths_and_edge_rates():

@@ -4,10 +4,10 @@ On the CPU, XLA (jax 0.10) hands dots and their neighbours to YNNPACK by default
 steps that is the fastest setting measured on the project's 2-core AMD EPYC (Zen 5): paper-size
 pretraining 3.37 s a step against 3.74 s with YNNPACK's fusions off, and every other fusion set
 tried was slower still. Forward-only programs go the other way: the paper-size series
-embeddings at batch 256 take 3.67 s with them off against 4.27 s (+16% series/s), with outputs
-equal to 3e-7. Not a rule for every forward pass: the MiniLM text tower measured 8% slower
-with them off (14.6k against 15.9k tokens/s), so it keeps the defaults.
-`benchmarks/xla_options.py` reruns the encoder comparison.
+embeddings at batch 256 take 3.67 s with them off against 4.27 s (+16% series/s), the `:cpu`
+size's 0.349 s against 0.392 s (+12%), with outputs equal to 3e-7. Not a rule for every
+forward pass: the MiniLM text tower measured 8% slower with them off (14.6k against 15.9k
+tokens/s), so it keeps the defaults. `benchmarks/xla_options.py` reruns the encoder comparison.
 
 Options apply per jitted function (`jax.jit(..., compiler_options=...)`), so one process trains
 with the defaults and embeds (and evaluates) with these. Other backends get none.

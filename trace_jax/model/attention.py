@@ -38,7 +38,9 @@ def dense_attention(q, k, v, key_valid, layout: TokenLayout, mode: str, dropout:
     return _attend(q, k, v, allowed[:, None], dropout, "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd")
 
 
-def block_diagonal_attention(q: Tokens, k: Tokens, v: Tokens, key_valid: Tokens, dropout: DropoutFn):
+def block_diagonal_attention(
+    q: Tokens, k: Tokens, v: Tokens, key_valid: Tokens, dropout: DropoutFn
+):
     """The block-diagonal mask without building it: cost linear in the number of channels.
 
     q, k, v: Tokens of (B, 1, H, hd) and (B, C, S, H, hd); key_valid: Tokens of (B, 1) and
@@ -66,9 +68,10 @@ def block_diagonal_attention(q: Tokens, k: Tokens, v: Tokens, key_valid: Tokens,
     valid = jnp.concatenate([key_valid.cls, key_valid.channels.reshape(b, c * s)], axis=-1)
     scores = jnp.where(valid[:, None], scores, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(v.cls.dtype)  # (B, H, 1 + C*S)
-    cls = jnp.einsum("bhq,bqhd->bqhd", probs[..., :1], v.cls) + jnp.einsum(
-        "bhcs,bcshd->bhd", probs[..., 1:].reshape(b, h, c, s), v.channels
-    )[:, None]
+    cls = (
+        jnp.einsum("bhq,bqhd->bqhd", probs[..., :1], v.cls)
+        + jnp.einsum("bhcs,bcshd->bhd", probs[..., 1:].reshape(b, h, c, s), v.channels)[:, None]
+    )
     return Tokens(cls, channels)
 
 
@@ -85,7 +88,9 @@ class DenseParams(nn.Module):
         )
         if not self.use_bias:
             return kernel, jnp.zeros((self.features,), jnp.float32)
-        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return kernel, self.param(
+            "bias", nn.initializers.zeros_init(), (self.features,), jnp.float32
+        )
 
 
 class ChannelBiasedAttention(nn.Module):
@@ -110,7 +115,10 @@ class ChannelBiasedAttention(nn.Module):
         # q.b to every score of a query, which softmax ignores; its exact gradient is 0, so
         # Adam would only turn rounding into noise.
         kernels, biases = zip(
-            *(DenseParams(d, use_bias=name != "key", name=name)(d) for name in ("query", "key", "value"))
+            *(
+                DenseParams(d, use_bias=name != "key", name=name)(d)
+                for name in ("query", "key", "value")
+            )
         )
         kernel = jnp.stack(kernels, axis=1).astype(self.dtype)  # (d, 3, d)
         bias = jnp.stack(biases).astype(self.dtype)  # (3, d)
@@ -130,8 +138,13 @@ class ChannelBiasedAttention(nn.Module):
             out = block_diagonal_attention(q, k, v, key_valid, dropout)
         else:
             joined = dense_attention(
-                q.joined(), k.joined(), v.joined(), key_valid.joined(), layout,
-                self.channel_bias, dropout,
+                q.joined(),
+                k.joined(),
+                v.joined(),
+                key_valid.joined(),
+                layout,
+                self.channel_bias,
+                dropout,
             )
             out = Tokens.split(joined, layout)
         out_proj = nn.Dense(d, dtype=self.dtype, name="out")

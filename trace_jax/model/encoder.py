@@ -172,9 +172,7 @@ class EncoderBlock(nn.Module):
         )
         mlp = Mlp(cfg.mlp_dim, dtype, name="mlp")
         mlp_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="mlp_norm")
-        return jax.tree.map(
-            lambda x: mlp_norm(x + drop(mlp(x), deterministic=deterministic)), h
-        )
+        return jax.tree.map(lambda x: mlp_norm(x + drop(mlp(x), deterministic=deterministic)), h)
 
 
 def constrain_to_batch(h: Tokens) -> Tokens:
@@ -321,7 +319,9 @@ class TraceEncoder(nn.Module):
         else:
             # Static under remat: the layout (hashable) and the deterministic flag.
             block = (
-                nn.remat(EncoderBlock, static_argnums=(2, 5), policy=REMAT_POLICIES[cfg.remat_policy])
+                nn.remat(
+                    EncoderBlock, static_argnums=(2, 5), policy=REMAT_POLICIES[cfg.remat_policy]
+                )
                 if cfg.remat
                 else EncoderBlock
             )
