@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trace_jax.model.activations import gelu
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -162,7 +164,7 @@ class TransformerLayer(nn.Module):
         cfg = self.config
         x = SelfAttention(cfg, name="attention")(x, attention_mask)
         y = _dense(cfg.intermediate_size, "intermediate")(x)
-        y = nn.gelu(y, approximate=False)  # exact erf GELU
+        y = gelu(y)  # exact erf GELU, BERT's formula
         y = _dense(cfg.hidden_size, "output")(y)
         return _layer_norm(cfg, "output_LayerNorm")(y + x)
 
