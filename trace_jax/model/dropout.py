@@ -41,11 +41,7 @@ def keep_mask(seed, shape: tuple[int, ...], rate: float):
     row's hash, its position along the last axis and seed[1]. No element count limit beyond
     fewer than 2^32 rows.
     """
-    if not shape:
-        shape_2d = (1, 1)
-    else:
-        shape_2d = (math.prod(shape[:-1]), shape[-1])
-    rows, cols = shape_2d
+    rows, cols = math.prod(shape[:-1]), (shape[-1] if shape else 1)
     if rows >= 2**32 or cols >= 2**32:
         raise ValueError(f"dropout over {shape}: more than 2^32 rows or columns")
     row = jax.lax.broadcasted_iota(jnp.uint32, (rows, 1), 0)
