@@ -314,3 +314,38 @@ def test_rope_matches_rotate_half_reference(head_dim, rot_dims):
     want = np.concatenate([a * c - b * s, b * c + a * s, rest], axis=-1)
     got = apply_rope(jnp.asarray(x, jnp.float32), cos, sin)
     np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_summary_only_gives_the_full_cls_and_cit_outputs_and_gradients(remat):
+    """The last block computed for [CLS] and the CIT tokens only (what alignment and
+    embed_series read) equals the full encoder's outputs and gradients."""
+    cfg = dataclasses.replace(TINY, num_layers=3, level_embedding=True, remat=remat)
+    series, observed = awkward_inputs(3, 5, 22, seed=6)
+    params = random_params(TraceEncoder(cfg), series, seed=6)
+    model = TraceEncoder(cfg)
+
+    def loss(p, summary_only):
+        out = model.apply(p, series, observed, summary_only=summary_only)
+        return jnp.sum(out["cls"] ** 2) + jnp.sum(jnp.sin(out["channels"]))
+
+    full = model.apply(params, series, observed)
+    summary = model.apply(params, series, observed, summary_only=True)
+    assert "tokens" not in summary and "pooled" not in summary
+    for key in ("cls", "channels", "channel_valid", "patch_valid"):
+        np.testing.assert_allclose(summary[key], full[key], rtol=0, atol=2e-6)
+    g_full = jax.grad(loss)(params, False)
+    g_summary = jax.grad(loss)(params, True)
+    for a, b in zip(jax.tree.leaves(g_summary), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("change", [{"scan_layers": True}, {"channel_bias": "paper"}])
+def test_summary_only_computes_everything_where_it_does_not_apply(change):
+    cfg = dataclasses.replace(TINY, **change)
+    series, observed = awkward_inputs(2, 3, 16, seed=7)
+    params = random_params(TraceEncoder(cfg), series, seed=7)
+    out = TraceEncoder(cfg).apply(params, series, observed, summary_only=True)
+    full = TraceEncoder(cfg).apply(params, series, observed)
+    assert "tokens" in out
+    np.testing.assert_array_equal(out["cls"], full["cls"])

@@ -47,8 +47,10 @@ def block_diagonal_attention(
     (B, C, S). Channel tokens attend as B*C independent sequences of S tokens (their CIT and
     patches); [CLS] is one query over every key of its sample, itself included.
     """
-    b, c, s, h, _ = q.channels.shape
-    allowed = key_valid.channels[:, :, None, :] | np.eye(s, dtype=bool)  # (B, C, S, S)
+    b, c, s_q, h, _ = q.channels.shape
+    s = k.channels.shape[2]
+    # Query i of a channel may read key i; with s_q < s the queries are its first s_q tokens.
+    allowed = key_valid.channels[:, :, None, :] | np.eye(s_q, s, dtype=bool)  # (B, C, Sq, S)
     channels = _attend(
         q.channels,
         k.channels,
@@ -106,7 +108,10 @@ class ChannelBiasedAttention(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x: Tokens, layout: TokenLayout, key_valid: Tokens, rope, deterministic):
+    def __call__(
+        self, x: Tokens, layout: TokenLayout, key_valid: Tokens, rope, deterministic, summary=False
+    ):
+        """summary: queries from [CLS] and each channel's first (CIT) token only."""
         d = x.cls.shape[-1]
         hd = d // self.num_heads
         # Three Dense layers' parameters (same paths and initialisers as nn.Dense), applied as
@@ -130,7 +135,13 @@ class ChannelBiasedAttention(nn.Module):
         qkv_cls, qkv_channels = project(x.cls), project(x.channels)
         q, k, v = (Tokens(c, t) for c, t in zip(qkv_cls, qkv_channels))
         # [CLS] sits at position 0, where the rotation is the identity.
-        q = q._replace(channels=apply_rope(q.channels, *rope))
+        if summary:
+            if self.channel_bias != "block_diagonal":
+                raise ValueError("summary attention needs channel_bias='block_diagonal'")
+            cos, sin = rope
+            q = q._replace(channels=apply_rope(q.channels[:, :, :1], cos[:1], sin[:1]))
+        else:
+            q = q._replace(channels=apply_rope(q.channels, *rope))
         k = k._replace(channels=apply_rope(k.channels, *rope))
         drop = Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)

@@ -159,13 +159,19 @@ class EncoderBlock(nn.Module):
     config: EncoderConfig
 
     @nn.compact
-    def __call__(self, h: Tokens, layout, key_valid, rope, deterministic: bool) -> Tokens:
+    def __call__(
+        self, h: Tokens, layout, key_valid, rope, deterministic: bool, summary: bool = False
+    ) -> Tokens:
+        """summary: outputs for [CLS] and each channel's CIT token only, (B, 1, d) and
+        (B, C, 1, d); every token still serves as a key and value (block_diagonal only)."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         drop = Dropout(cfg.dropout)
         attn = ChannelBiasedAttention(
             cfg.num_heads, cfg.channel_bias, cfg.attention_dropout, dtype, name="attention"
-        )(h, layout, key_valid, rope, deterministic)
+        )(h, layout, key_valid, rope, deterministic, summary)
+        if summary:
+            h = h._replace(channels=h.channels[:, :, :1])
         attention_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="attention_norm")
         h = jax.tree.map(
             lambda x, a: attention_norm(x + drop(a, deterministic=deterministic)), h, attn
@@ -260,9 +266,14 @@ class TraceEncoder(nn.Module):
         mask_patches=None,
         *,
         deterministic: bool = True,
+        summary_only: bool = False,
     ):
         cfg = self.config
         check_inputs(cfg, series, observed, channel_ids, mask_patches)
+        # Only [CLS] and the CIT outputs wanted: the last block skips its patch tokens' queries,
+        # attention outputs and MLP (about a sixth of the forward). Unrolled block-diagonal
+        # layers only; otherwise every output is computed.
+        summary = summary_only and not cfg.scan_layers and cfg.channel_bias == "block_diagonal"
         b, c, _ = series.shape
         series = series.astype(jnp.float32)
         if observed is None:
@@ -317,32 +328,40 @@ class TraceEncoder(nn.Module):
             )(cfg, layout, deterministic, name="blocks")
             h, _ = blocks(h, key_valid, rope)
         else:
-            # Static under remat: the layout (hashable) and the deterministic flag.
+            # Static under remat: the layout (hashable) and the flags.
             block = (
                 nn.remat(
-                    EncoderBlock, static_argnums=(2, 5), policy=REMAT_POLICIES[cfg.remat_policy]
+                    EncoderBlock,
+                    static_argnums=(2, 5, 6),
+                    policy=REMAT_POLICIES[cfg.remat_policy],
                 )
                 if cfg.remat
                 else EncoderBlock
             )
             for i in range(cfg.num_layers):
                 h = constrain_to_batch(h)
-                h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic)
+                last = summary and i == cfg.num_layers - 1
+                h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic, last)
 
         per_channel = h.channels.astype(jnp.float32)
-        out_tokens = per_channel[:, :, 1:]
-        return {
+        common = {
             "cls": h.cls[:, 0].astype(jnp.float32),
             "channels": per_channel[:, :, 0],
+            "patch_valid": patch_valid,
+            "channel_valid": channel_valid,
+            "revin_mean": mean,
+            "revin_std": std,
+        }
+        if summary:
+            return common
+        out_tokens = per_channel[:, :, 1:]
+        return {
+            **common,
             "tokens": out_tokens,
             "channel_pooled": _masked_mean(out_tokens, patch_valid, axis=2),
             "pooled": _masked_mean(
                 out_tokens.reshape(b, c * n, -1), patch_valid.reshape(b, c * n), axis=1
             ),
-            "patch_valid": patch_valid,
-            "channel_valid": channel_valid,
-            "revin_mean": mean,
-            "revin_std": std,
             "patches": patches,
             "patch_observed": patch_observed,
         }

@@ -43,7 +43,9 @@ class AlignModel(nn.Module):
             self.reconstruction = nn.Dense(self.config.patch_len)
 
     def embed_series(self, series, observed=None, channel_ids=None, *, deterministic=True):
-        out = self.encoder(series, observed, channel_ids, deterministic=deterministic)
+        out = self.encoder(
+            series, observed, channel_ids, deterministic=deterministic, summary_only=True
+        )
         return {
             "sample": l2_normalize(self.series_proj(out["cls"])),
             "channels": l2_normalize(self.series_proj(out["channels"])),
@@ -63,6 +65,7 @@ class AlignModel(nn.Module):
             batch["channel_ids"],
             mask_patches,
             deterministic=deterministic,
+            summary_only=not self.reconstruct,
         )
         channels = self.series_proj(out["channels"])
         channel_text = self._project_text(batch["channel_text_embedding"])
