@@ -45,7 +45,7 @@ Memory caveat: our step allocates its temporaries as one block per execution (3.
 64, C=7); under tcmalloc the next step sometimes cannot reuse it and maps a second one, so our
 peak RSS reads 4.1 or 8.2 GiB from run to run. Use --malloc glibc for memory figures: plain
 glibc returns freed blocks to the kernel, so the peak is what is live (at C=112, batch 16, with
-model.remat and model.scan_layers: 3.6 GiB; without them about 14.5 GiB under any allocator).
+model.remat and model.scan_layers: 3.4 GiB; without them 12.6-14.5 GiB).
 
 Process settings, set in the children's environment (they must precede process start) and
 named in the header line:
