@@ -67,6 +67,7 @@ class TorchTraceConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     level_embedding: bool = False
+    bf16_matmuls: bool = False
 
     def __post_init__(self):
         if self.channel_bias not in CHANNEL_BIAS_MODES:
@@ -106,6 +107,15 @@ def apply_rope(x, cos, sin):
         return x
     a, b, rest = x.split([half, half, x.shape[-1] - 2 * half], dim=-1)
     return torch.cat([a * cos - b * sin, b * cos + a * sin, rest], dim=-1)
+
+
+def linear(x, weight, bias, bf16: bool):
+    """F.linear; with bf16 the operands are rounded to bfloat16 (oneDNN's AVX512-BF16 kernel)
+    and the product is added to the bias in float32. Unlike ours the product itself comes back
+    rounded to bfloat16: torch has no bfloat16 x bfloat16 -> float32 matmul."""
+    if not bf16:
+        return F.linear(x, weight, bias)
+    return F.linear(x.bfloat16(), weight.bfloat16()).float() + bias
 
 
 def residual_dropout(x, y, p: float, training: bool):
@@ -254,9 +264,12 @@ class Block(nn.Module):
     def forward(self, x, g: Geometry):
         p = self.cfg.dropout
         bias = torch.cat([self.query_bias, self.key_bias, self.value_bias])
-        attn = self.out(self._attention(F.linear(x, self.qkv_weight, bias), g))
+        bf16 = self.cfg.bf16_matmuls
+        qkv = linear(x, self.qkv_weight, bias, bf16)
+        attn = linear(self._attention(qkv, g), self.out.weight, self.out.bias, bf16)
         x = self.attention_norm(residual_dropout(x, attn, p, self.training))
-        mlp = self.fc2(F.gelu(self.fc1(x)))
+        hidden = F.gelu(linear(x, self.fc1.weight, self.fc1.bias, bf16))
+        mlp = linear(hidden, self.fc2.weight, self.fc2.bias, bf16)
         return self.mlp_norm(residual_dropout(x, mlp, p, self.training))
 
 

@@ -53,11 +53,18 @@ def parse_args(argv=None):
     p.add_argument("--variant", default="", help="config variant: '' paper size, cpu, tiny")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma list of names")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field, e.g. model.bf16_matmuls=True (a Python literal)",
+    )
     return p.parse_args(argv)
 
 
-def build(stage: str, batch_size: int, variant: str = ""):
-    """(jitted function, its arguments) of the stage (config variant: '' = paper size) on
+def build(stage: str, batch_size: int, variant: str = "", overrides=()):
+    """(jitted function, its arguments, the encoder config) of the stage (config variant: '' = paper size) on
     random inputs."""
     from trace_jax.model.heads import AlignModel  # pylint: disable=g-import-not-at-top
     from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
@@ -75,7 +82,7 @@ def build(stage: str, batch_size: int, variant: str = ""):
         channels=7,
         attention_dropout=None,
         channel_bias=None,
-        set=[],
+        set=list(overrides),
     )
     config = ml_collections.ConfigDict(versus_torch.load_config(stage, vt_args))
     task = (PretrainTask if stage == "pretrain" else AlignTask)(config)
@@ -87,12 +94,13 @@ def build(stage: str, batch_size: int, variant: str = ""):
                 {"params": p}, s, o, c, method=AlignModel.embed_series
             )
         )
-        return embed, (params, batch["series"], batch["observed"], batch["channel_ids"])
+        inputs = (params, batch["series"], batch["observed"], batch["channel_ids"])
+        return embed, inputs, task.encoder_config
     optimizer = make_optimizer(config.train)
     state = jax.jit(functools.partial(init_state, task, optimizer, config.seed))(batch)
     # Not donated: every candidate steps from the same state.
     step = jax.jit(make_train_step(task, optimizer, learning_rate_schedule(config.train)))
-    return step, (state, batch)
+    return step, (state, batch), task.encoder_config
 
 
 def main(argv=None) -> int:
@@ -103,12 +111,12 @@ def main(argv=None) -> int:
     from trace_jax import xla_options  # pylint: disable=g-import-not-at-top
 
     batch_size = args.batch or (256 if args.stage == "infer" else 64)
-    fn, inputs = build(args.stage, batch_size, args.variant)
+    fn, inputs, encoder_config = build(args.stage, batch_size, args.variant, args.set)
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
     unknown = set(names) - set(CANDIDATES)
     if unknown:
         raise SystemExit(f"unknown candidates {sorted(unknown)}; known: {list(CANDIDATES)}")
-    chosen = xla_options.encoder_forward() if args.stage == "infer" else {}
+    chosen = xla_options.encoder_forward(encoder_config) if args.stage == "infer" else {}
     chosen_name = next((n for n, o in CANDIDATES.items() if o == chosen), None)
     if chosen_name not in names:
         names.append(chosen_name)

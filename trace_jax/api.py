@@ -118,7 +118,7 @@ class TraceModel:
             lambda p, s, o, c: self.model.apply({"params": p}, s, o, c, method="embed_series")[
                 "sample"
             ],
-            compiler_options=xla_options.encoder_forward(),
+            compiler_options=xla_options.encoder_forward(self.encoder_config),
         )
         self._project_text = jax.jit(
             lambda p, t: self.model.apply({"params": p}, t, method="embed_text")

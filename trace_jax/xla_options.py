@@ -9,6 +9,10 @@ size's 0.349 s against 0.392 s (+12%), with outputs equal to 3e-7. Not a rule fo
 forward pass: the MiniLM text tower measured 8% slower with them off (14.6k against 15.9k
 tokens/s), so it keeps the defaults. `benchmarks/xla_options.py` reruns the encoder comparison.
 
+With `model.bf16_matmuls` the defaults win again: the bfloat16 dots are YNNPACK's, and the
+paper-size embeddings take 2.48 s with them against 2.98 s without (`xla_options.py --set
+model.bf16_matmuls=True`).
+
 Options apply per jitted function (`jax.jit(..., compiler_options=...)`), so one process trains
 with the defaults and embeds (and evaluates) with these. Other backends get none.
 """
@@ -17,9 +21,20 @@ from __future__ import annotations
 
 import jax
 
+from trace_jax.model import EncoderConfig
+
 _CPU_FORWARD = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def encoder_forward(backend: str | None = None) -> dict[str, str]:
-    """Options for a jitted forward pass of the series encoder on `backend` (default: jax's)."""
-    return dict(_CPU_FORWARD) if (backend or jax.default_backend()) == "cpu" else {}
+def encoder_forward(
+    config: EncoderConfig | None, backend: str | None = None
+) -> dict[str, str]:
+    """Options for a jitted forward pass of the series encoder `config` (None: a program
+    without one) on `backend` (default: jax's)."""
+    if (
+        config is None
+        or config.bf16_matmuls
+        or (backend or jax.default_backend()) != "cpu"
+    ):
+        return {}
+    return dict(_CPU_FORWARD)

@@ -7,6 +7,7 @@ float64 numpy model in tests/numpy_reference.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -19,6 +20,7 @@ from trace_jax.model.activations import gelu
 from trace_jax.model.attention import ChannelBiasedAttention
 from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens
+from trace_jax.model.matmul import dense_dot_general
 from trace_jax.model.patching import patchify
 from trace_jax.model.revin import revin
 from trace_jax.model.rope import rope_tables, rotary_dims
@@ -49,6 +51,11 @@ class EncoderConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters are always float32
+    # Round the operands of the blocks' matmuls (query/key/value, attention output, MLP) to
+    # bfloat16 and accumulate their products in float32; results come out in `dtype`, so with
+    # float32 the activations, LayerNorms, softmax and residuals stay float32. About twice the
+    # float32 matmul rate on CPUs with AVX512-BF16 (trace_jax/model/matmul.py). Off: exact.
+    bf16_matmuls: bool = False
     # Add an embedding of each channel's RevIN mean and std to its CIT. RevIN removes the
     # absolute level, which captions often state ("high pressure", "very humid"); this gives it
     # back to the model without undoing the normalisation of the patches. Off in the paper.
@@ -140,13 +147,17 @@ def check_inputs(
 class Mlp(nn.Module):
     mlp_dim: int
     dtype: jnp.dtype
+    bf16_matmuls: bool = False
 
     @nn.compact
     def __call__(self, h):
         d = h.shape[-1]
-        h = checkpoint_name(nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(h), "mlp_hidden")
+        dense = functools.partial(
+            nn.Dense, dtype=self.dtype, dot_general=dense_dot_general(self.bf16_matmuls)
+        )
+        h = checkpoint_name(dense(self.mlp_dim, name="fc1")(h), "mlp_hidden")
         h = gelu(h)
-        return checkpoint_name(nn.Dense(d, dtype=self.dtype, name="fc2")(h), "mlp_out")
+        return checkpoint_name(dense(d, name="fc2")(h), "mlp_out")
 
 
 class EncoderBlock(nn.Module):
@@ -168,7 +179,12 @@ class EncoderBlock(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         drop = Dropout(cfg.dropout)
         attn = ChannelBiasedAttention(
-            cfg.num_heads, cfg.channel_bias, cfg.attention_dropout, dtype, name="attention"
+            cfg.num_heads,
+            cfg.channel_bias,
+            cfg.attention_dropout,
+            dtype,
+            cfg.bf16_matmuls,
+            name="attention",
         )(h, layout, key_valid, rope, deterministic, summary)
         if summary:
             h = h._replace(channels=h.channels[:, :, :1])
@@ -176,7 +192,7 @@ class EncoderBlock(nn.Module):
         h = jax.tree.map(
             lambda x, a: attention_norm(x + drop(a, deterministic=deterministic)), h, attn
         )
-        mlp = Mlp(cfg.mlp_dim, dtype, name="mlp")
+        mlp = Mlp(cfg.mlp_dim, dtype, cfg.bf16_matmuls, name="mlp")
         mlp_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="mlp_norm")
         return jax.tree.map(lambda x: mlp_norm(x + drop(mlp(x), deterministic=deterministic)), h)
 

@@ -34,6 +34,7 @@ class ForecastTask:
             raise ValueError(f"forecast.rag must be one of {RAG_MODES}, got {fc.rag!r}")
         self.init_from = ""
         self.aligned = None
+        self.encoder_config = None  # DLinear has none
         if fc.model == "trace":
             if not fc.encoder_from:
                 raise ValueError(
@@ -42,9 +43,10 @@ class ForecastTask:
             from trace_jax.api import TraceModel  # pylint: disable=g-import-not-at-top
 
             self.aligned = TraceModel.from_workdir(fc.encoder_from)
+            self.encoder_config = self.aligned.encoder_config
             self.init_from = fc.encoder_from
             self.model = ForecastModel(
-                self.aligned.encoder_config,
+                self.encoder_config,
                 fc.horizon,
                 rag=fc.rag,
                 prompt_dim=fc.prompt_dim,
@@ -121,7 +123,7 @@ class ForecastTask:
         if self.config.model == "dlinear":
             return jax.tree.map(lambda _: True, params)
         return head_and_last_blocks(
-            params, self.aligned.encoder_config.num_layers, self.config.tune_last_blocks
+            params, self.encoder_config.num_layers, self.config.tune_last_blocks
         )
 
     def loss(self, params, batch, rng):

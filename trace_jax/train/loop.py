@@ -182,7 +182,7 @@ def build_trainer(config, task, mesh, example) -> Trainer:
             ),
             in_shardings=(state_sharding["params"], batch_sharding),
             out_shardings=replicated,
-            compiler_options=xla_options.encoder_forward(),
+            compiler_options=xla_options.encoder_forward(task.encoder_config),
         ),
     )
 
