@@ -18,9 +18,7 @@ from trace_jax.model.matmul import bf16_dot_general, bf16_matmul
 
 def _rounded(x):
     """x rounded to bfloat16, as float64."""
-    return np.asarray(
-        jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64
-    )
+    return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
 
 
 def _operands(shape_x=(3, 5, 96), n=40, seed=0):
@@ -34,12 +32,8 @@ def test_product_is_the_float64_product_of_the_rounded_operands():
     assert y.dtype == jnp.float32 and y.shape == (3, 5, 40)
     expected = _rounded(x) @ _rounded(w)
     # Accumulated in float32: only float32 rounding of 96-term sums, far below bfloat16's 2^-8.
-    np.testing.assert_allclose(
-        np.asarray(y), expected, rtol=0, atol=1e-5 * np.abs(expected).max()
-    )
-    assert (
-        np.abs(np.asarray(y) - np.asarray(x) @ np.asarray(w)).max() > 1e-3
-    )  # it did round
+    np.testing.assert_allclose(np.asarray(y), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert np.abs(np.asarray(y) - np.asarray(x) @ np.asarray(w)).max() > 1e-3  # it did round
 
 
 def test_gradients_are_float64_products_of_rounded_operands_and_cotangent():
@@ -52,9 +46,7 @@ def test_gradients_are_float64_products_of_rounded_operands_and_cotangent():
     expected_dx = _rounded(g) @ _rounded(w).T
     expected_dw = np.einsum("abk,abn->kn", _rounded(x), _rounded(g))
     for got, want in ((dx, expected_dx), (dw, expected_dw)):
-        np.testing.assert_allclose(
-            np.asarray(got), want, rtol=0, atol=1e-5 * np.abs(want).max()
-        )
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * np.abs(want).max())
     # The weight gradient keeps float32 precision (JAX's own transpose would round it to bf16).
     assert np.abs(np.asarray(dw) - _rounded(dw)).max() > 0
 
@@ -63,9 +55,9 @@ def test_bfloat16_inputs_come_back_bfloat16():
     x, w = _operands(seed=3)
     y = bf16_matmul(x.astype(jnp.bfloat16), w)
     assert y.dtype == jnp.bfloat16
-    dx, dw = jax.grad(
-        lambda x, w: jnp.sum(bf16_matmul(x, w).astype(jnp.float32)), (0, 1)
-    )(x.astype(jnp.bfloat16), w)
+    dx, dw = jax.grad(lambda x, w: jnp.sum(bf16_matmul(x, w).astype(jnp.float32)), (0, 1))(
+        x.astype(jnp.bfloat16), w
+    )
     assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
 
 
@@ -73,12 +65,8 @@ def test_dense_with_bf16_dot_general_keeps_params_and_only_takes_dense_products(
     x = jax.random.normal(jax.random.key(4), (4, 16))
     plain, rounded = nn.Dense(8), nn.Dense(8, dot_general=bf16_dot_general)
     params = plain.init(jax.random.key(5), x)
-    assert jax.tree.structure(params) == jax.tree.structure(
-        rounded.init(jax.random.key(5), x)
-    )
-    np.testing.assert_allclose(
-        rounded.apply(params, x), plain.apply(params, x), rtol=0, atol=3e-2
-    )
+    assert jax.tree.structure(params) == jax.tree.structure(rounded.init(jax.random.key(5), x))
+    np.testing.assert_allclose(rounded.apply(params, x), plain.apply(params, x), rtol=0, atol=3e-2)
     with pytest.raises(NotImplementedError, match="nn.Dense's products only"):
         bf16_dot_general(x, x, (((0,), (0,)), ((), ())))
 
@@ -131,9 +119,7 @@ def test_encoder_with_bf16_matmuls_is_close_to_float32():
 def test_cpu_forward_options_keep_ynnpack_for_bf16_matmuls():
     """YNNPACK runs the bfloat16 dots; the float32 forward pass is faster without its fusions."""
     f32, bf16 = TINY, dataclasses.replace(TINY, bf16_matmuls=True)
-    assert xla_options.encoder_forward(f32, "cpu") == {
-        "xla_cpu_experimental_ynn_fusion_type": ""
-    }
+    assert xla_options.encoder_forward(f32, "cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
     assert xla_options.encoder_forward(bf16, "cpu") == {}
     assert xla_options.encoder_forward(None, "cpu") == {}
     assert xla_options.encoder_forward(f32, "gpu") == {}

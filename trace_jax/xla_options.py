@@ -26,15 +26,9 @@ from trace_jax.model import EncoderConfig
 _CPU_FORWARD = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def encoder_forward(
-    config: EncoderConfig | None, backend: str | None = None
-) -> dict[str, str]:
+def encoder_forward(config: EncoderConfig | None, backend: str | None = None) -> dict[str, str]:
     """Options for a jitted forward pass of the series encoder `config` (None: a program
     without one) on `backend` (default: jax's)."""
-    if (
-        config is None
-        or config.bf16_matmuls
-        or (backend or jax.default_backend()) != "cpu"
-    ):
+    if config is None or config.bf16_matmuls or (backend or jax.default_backend()) != "cpu":
         return {}
     return dict(_CPU_FORWARD)

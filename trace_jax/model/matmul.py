@@ -9,8 +9,7 @@ BF16_BF16_F32 still computes in float32), so the rounding has to be explicit.
 JAX's own transpose rules would run the backward products with a float32 cotangent against a
 bfloat16 operand (the slow float32 path again) and round the weight gradient to bfloat16. The
 custom VJP below rounds the cotangent instead and keeps both gradients' products in float32:
-forward and backward each do their products at the bfloat16 rate, and the residuals kept for
-the backward pass are the rounded operands (half the bytes).
+forward and backward each do their products at the bfloat16 rate.
 """
 
 from __future__ import annotations
@@ -22,42 +21,38 @@ OPERAND_DTYPE = jnp.bfloat16
 
 
 def _product(a, b, dims):
-    return jax.lax.dot_general(
-        a, b, (dims, ((), ())), preferred_element_type=jnp.float32
-    )
+    return jax.lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
 def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """x (..., k) @ w (k, n) with both rounded to bfloat16, accumulated in float32; the result
     has x's dtype."""
-    return _product(
-        x.astype(OPERAND_DTYPE), w.astype(OPERAND_DTYPE), ((x.ndim - 1,), (0,))
-    ).astype(x.dtype)
+    return _product(x.astype(OPERAND_DTYPE), w.astype(OPERAND_DTYPE), ((x.ndim - 1,), (0,))).astype(
+        x.dtype
+    )
 
 
 def _forward(x, w):
-    xr, wr = x.astype(OPERAND_DTYPE), w.astype(OPERAND_DTYPE)
-    y = _product(xr, wr, ((x.ndim - 1,), (0,))).astype(x.dtype)
-    # Zero-size arrays carry the original dtypes to the backward pass (a dtype is no residual).
-    return y, (xr, wr, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+    # The residuals are the unrounded operands, which the backward pass rounds again: x is
+    # usually kept anyway (by a LayerNorm's or GELU's backward), so a rounded copy would add
+    # half its bytes again (at 112 channels that overflowed 24 GiB).
+    return bf16_matmul(x, w), (x, w)
 
 
 def _backward(residuals, g):
-    xr, wr, x_like, w_like = residuals
-    gr = g.astype(OPERAND_DTYPE)
-    dx = _product(gr, wr, ((gr.ndim - 1,), (1,))).astype(x_like.dtype)
+    x, w = residuals
+    xr, wr, gr = (t.astype(OPERAND_DTYPE) for t in (x, w, g))
+    dx = _product(gr, wr, ((gr.ndim - 1,), (1,))).astype(x.dtype)
     leading = tuple(range(xr.ndim - 1))
-    dw = _product(xr, gr, (leading, leading)).astype(w_like.dtype)
+    dw = _product(xr, gr, (leading, leading)).astype(w.dtype)
     return dx, dw
 
 
 bf16_matmul.defvjp(_forward, _backward)
 
 
-def bf16_dot_general(
-    lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None
-):
+def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
     """`bf16_matmul` behind `jax.lax.dot_general`'s signature, for `nn.Dense(dot_general=...)`:
     only Dense's contraction (lhs's last axis with rhs's first, no batch axes)."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
