@@ -340,12 +340,76 @@ def test_summary_only_gives_the_full_cls_and_cit_outputs_and_gradients(remat):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
 
 
+def _some_patches(b, c, n, m, seed):
+    """(B, C, M) distinct patch indices per channel, in random order."""
+    rng = np.random.default_rng(seed)
+    return np.stack([[rng.permutation(n)[:m] for _ in range(c)] for _ in range(b)]).astype(np.int32)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_query_patches_give_the_full_outputs_at_those_patches_and_gradients(remat):
+    """The last block computed for [CLS], the CIT tokens and some patches (what masked
+    reconstruction reads) equals the full encoder there, outputs and gradients."""
+    cfg = dataclasses.replace(TINY, num_layers=3, level_embedding=True, remat=remat)
+    series, observed = awkward_inputs(3, 5, 22, seed=8)
+    params = random_params(TraceEncoder(cfg), series, seed=8)
+    model = TraceEncoder(cfg)
+    n = -(-22 // cfg.patch_len)
+    query = jnp.asarray(_some_patches(3, 5, n, 3, seed=8))
+    mask = np.zeros((3, 5, n), bool)
+    mask[:, :, 1] = True
+
+    def pick(x):
+        return np.take_along_axis(np.asarray(x), np.asarray(query)[..., None], axis=2)
+
+    def loss(p, partial):
+        out = model.apply(p, series, observed, None, mask, query_patches=query if partial else None)
+        tokens = (
+            out["tokens"]
+            if partial
+            else jnp.take_along_axis(out["tokens"], query[..., None], axis=2)
+        )
+        return jnp.sum(out["cls"] ** 2) + jnp.sum(jnp.sin(tokens)) + jnp.sum(out["channels"])
+
+    full = model.apply(params, series, observed, None, mask)
+    part = model.apply(params, series, observed, None, mask, query_patches=query)
+    assert "pooled" not in part and part["tokens"].shape == (3, 5, 3, cfg.d_model)
+    for key in ("cls", "channels", "channel_valid", "patch_valid"):
+        np.testing.assert_allclose(part[key], full[key], rtol=0, atol=2e-6)
+    for key in ("tokens", "patches", "patch_observed"):
+        np.testing.assert_allclose(part[key], pick(full[key]), rtol=0, atol=2e-6)
+    g_full = jax.grad(loss)(params, False)
+    g_part = jax.grad(loss)(params, True)
+    for a, b in zip(jax.tree.leaves(g_part), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+
+
 @pytest.mark.parametrize("change", [{"scan_layers": True}, {"channel_bias": "paper"}])
-def test_summary_only_computes_everything_where_it_does_not_apply(change):
+def test_partial_outputs_are_picked_from_the_full_ones_where_the_shortcut_does_not_apply(
+    change,
+):
     cfg = dataclasses.replace(TINY, **change)
     series, observed = awkward_inputs(2, 3, 16, seed=7)
     params = random_params(TraceEncoder(cfg), series, seed=7)
-    out = TraceEncoder(cfg).apply(params, series, observed, summary_only=True)
     full = TraceEncoder(cfg).apply(params, series, observed)
-    assert "tokens" in out
-    np.testing.assert_array_equal(out["cls"], full["cls"])
+    summary = TraceEncoder(cfg).apply(params, series, observed, summary_only=True)
+    assert "tokens" not in summary
+    query = jnp.asarray(_some_patches(2, 3, 4, 2, seed=7))
+    part = TraceEncoder(cfg).apply(params, series, observed, query_patches=query)
+    picked = np.take_along_axis(np.asarray(full["tokens"]), np.asarray(query)[..., None], axis=2)
+    for out in (summary, part):
+        np.testing.assert_array_equal(out["cls"], full["cls"])
+        np.testing.assert_array_equal(out["channels"], full["channels"])
+    np.testing.assert_array_equal(part["tokens"], picked)
+
+
+def test_query_patches_are_checked():
+    series, observed = awkward_inputs(2, 3, 16, seed=7)
+    model = TraceEncoder(TINY)
+    params = model.init(jax.random.key(0), series)
+    with pytest.raises(ValueError, match="not both"):
+        model.apply(params, series, summary_only=True, query_patches=jnp.zeros((2, 3, 1), int))
+    with pytest.raises(ValueError, match=r"\(B, C, M\)"):
+        model.apply(params, series, query_patches=jnp.zeros((2, 1), int))
+    with pytest.raises(ValueError, match="integers"):
+        model.apply(params, series, query_patches=jnp.zeros((2, 3, 1)))

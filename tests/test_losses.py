@@ -126,7 +126,9 @@ def test_kth_largest_matches_sort(k):
     scores[3] = -scores[3] * 1e-30  # tiny values of both signs, -0.0 included
     scores[3, 0] = -0.0
     expected = -np.sort(-scores, axis=1)[:, k - 1]
-    np.testing.assert_array_equal(jax.jit(losses.kth_largest, static_argnums=1)(scores, k), expected)
+    np.testing.assert_array_equal(
+        jax.jit(losses.kth_largest, static_argnums=1)(scores, k), expected
+    )
 
 
 def test_hard_negatives_tied_with_the_kth_are_all_kept():
@@ -353,3 +355,27 @@ def test_random_patch_mask_is_uniform():
     freq = np.asarray(masks).mean(0)[0, 0]
     np.testing.assert_allclose(freq[:6], 0.5, atol=0.05)
     assert np.all(freq[6:] == 0)
+
+
+@pytest.mark.parametrize("num_patches", [1, 5, 31, 32])
+@pytest.mark.parametrize("ratio", [0.0, 0.05, 0.3, 0.5, 0.75, 1.0])
+def test_max_masked_patches_bounds_every_channel_and_is_reached(num_patches, ratio):
+    """One channel for every count of valid patches: none masks more than the bound, and the
+    bound is what some count masks (so it wastes nothing)."""
+    valid = np.arange(num_patches)[None, :] < np.arange(num_patches + 1)[:, None]
+    mask = np.asarray(random_patch_mask(jax.random.key(3), valid[None], ratio))[0]
+    bound = losses.max_masked_patches(num_patches, ratio)
+    assert mask.sum(-1).max() == bound
+
+
+def test_masked_patch_indices_hold_every_masked_patch_once():
+    rng = np.random.default_rng(8)
+    masked = rng.random((3, 4, 31)) < 0.3
+    count = int(masked.sum(-1).max())
+    index = np.asarray(losses.masked_patch_indices(masked, count))
+    assert index.shape == (3, 4, count) and index.dtype == np.int32
+    for b in range(3):
+        for c in range(4):
+            assert len(set(index[b, c])) == count  # distinct
+            k = masked[b, c].sum()
+            np.testing.assert_array_equal(index[b, c, :k], np.flatnonzero(masked[b, c]))

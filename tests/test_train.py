@@ -9,10 +9,12 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.helpers import REPO, TASKS, read_params, tiny_config
+from tests.test_encoder import awkward_inputs
 from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
 from trace_jax.model.partitioning import logical_axes
@@ -20,6 +22,7 @@ from trace_jax.train import sharding as shard_lib
 from trace_jax.train.align import AlignTask
 from trace_jax.train.checkpoint import Checkpointer
 from trace_jax.train.loop import initial_state, build_trainer, example_batch, train_and_evaluate
+from trace_jax.train.losses import masked_reconstruction_loss
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +256,37 @@ def test_pretraining_with_the_auxiliary_class_term(tmp_path, text_cache_dir):
     label_losses = [r["train/label_loss"] for r in records if "train/label_loss" in r]
     assert len(label_losses) == 2 and all(0 < v < 10 for v in label_losses)
     assert all(r["train/loss"] > r["train/label_loss"] for r in records if "train/loss" in r)
+
+
+def test_pretraining_loss_on_the_masked_patches_alone_equals_the_full_models(tmp_path):
+    """The step runs the last block and the head for the masked patches only; its loss and
+    gradients equal those of the encoder run for every patch."""
+    config = tiny_config("pretrain", tmp_path)
+    config.model.dropout = 0.0  # the two paths draw dropout masks of different shapes
+    config.pretrain.num_classes = 0
+    task = TASKS["pretrain"](config)
+    series, observed = awkward_inputs(4, 3, 30, seed=9)
+    batch = {
+        "series": jnp.asarray(series),
+        "observed": jnp.asarray(observed),
+        "channel_ids": jnp.broadcast_to(jnp.arange(3, dtype=jnp.int32), (4, 3)),
+    }
+    params = task.init_params(jax.random.key(0), batch)
+    rng = jax.random.key(5)
+
+    def full_loss(params):
+        mask_rng, dropout_rng = jax.random.split(rng)
+        mask = task._mask(mask_rng, batch)
+        out = task._apply(params, batch, mask, deterministic=False, rngs={"dropout": dropout_rng})
+        return masked_reconstruction_loss(
+            out["reconstruction"], out["patches"], out["patch_observed"], mask
+        )
+
+    (loss, metrics), grads = jax.value_and_grad(lambda p: task.loss(p, batch, rng), has_aux=True)(
+        params
+    )
+    (want, want_metrics), want_grads = jax.value_and_grad(full_loss, has_aux=True)(params)
+    assert metrics["n_masked_points"] == want_metrics["n_masked_points"] > 0
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())

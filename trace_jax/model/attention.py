@@ -40,18 +40,29 @@ def dense_attention(q, k, v, key_valid, layout: TokenLayout, mode: str, dropout:
 
 
 def block_diagonal_attention(
-    q: Tokens, k: Tokens, v: Tokens, key_valid: Tokens, dropout: DropoutFn
+    q: Tokens,
+    k: Tokens,
+    v: Tokens,
+    key_valid: Tokens,
+    dropout: DropoutFn,
+    query_positions: Array | None = None,
 ):
     """The block-diagonal mask without building it: cost linear in the number of channels.
 
     q, k, v: Tokens of (B, 1, H, hd) and (B, C, S, H, hd); key_valid: Tokens of (B, 1) and
     (B, C, S). Channel tokens attend as B*C independent sequences of S tokens (their CIT and
-    patches); [CLS] is one query over every key of its sample, itself included.
+    patches); [CLS] is one query over every key of its sample, itself included. With
+    `query_positions` (B, C, Sq), q.channels (B, C, Sq, H, hd) holds only the queries of those
+    tokens of each channel.
     """
     b, c, s_q, h, _ = q.channels.shape
     s = k.channels.shape[2]
-    # Query i of a channel may read key i; with s_q < s the queries are its first s_q tokens.
-    allowed = key_valid.channels[:, :, None, :] | np.eye(s_q, s, dtype=bool)  # (B, C, Sq, S)
+    # A query may always read its own key: query i is token i, or token query_positions[..., i].
+    if query_positions is None:
+        itself = np.eye(s_q, s, dtype=bool)
+    else:
+        itself = query_positions[..., None] == jnp.arange(s)  # (B, C, Sq, S)
+    allowed = key_valid.channels[:, :, None, :] | itself  # (B, C, Sq, S)
     channels = _attend(
         q.channels,
         k.channels,
@@ -111,9 +122,17 @@ class ChannelBiasedAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Tokens, layout: TokenLayout, key_valid: Tokens, rope, deterministic, summary=False
+        self,
+        x: Tokens,
+        layout: TokenLayout,
+        key_valid: Tokens,
+        rope,
+        deterministic,
+        query_positions=None,
     ):
-        """summary: queries from [CLS] and each channel's first (CIT) token only."""
+        """query_positions (B, C, Sq) int: queries (and outputs) from [CLS] and those tokens of
+        each channel only (0 its CIT, 1 + i its patch i); every token is still a key and value.
+        block_diagonal only."""
         d = x.cls.shape[-1]
         hd = d // self.num_heads
         # Three Dense layers' parameters (same paths and initialisers as nn.Dense), applied as
@@ -137,18 +156,19 @@ class ChannelBiasedAttention(nn.Module):
         qkv_cls, qkv_channels = project(x.cls), project(x.channels)
         q, k, v = (Tokens(c, t) for c, t in zip(qkv_cls, qkv_channels))
         # [CLS] sits at position 0, where the rotation is the identity.
-        if summary:
+        if query_positions is not None:
             if self.channel_bias != "block_diagonal":
-                raise ValueError("summary attention needs channel_bias='block_diagonal'")
-            cos, sin = rope
-            q = q._replace(channels=apply_rope(q.channels[:, :, :1], cos[:1], sin[:1]))
+                raise ValueError("query_positions need channel_bias='block_diagonal'")
+            cos, sin = (jnp.asarray(t)[query_positions] for t in rope)  # (B, C, Sq, rot/2)
+            picked = jnp.take_along_axis(q.channels, query_positions[..., None, None], axis=2)
+            q = q._replace(channels=apply_rope(picked, cos, sin))
         else:
             q = q._replace(channels=apply_rope(q.channels, *rope))
         k = k._replace(channels=apply_rope(k.channels, *rope))
         drop = Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)
         if self.channel_bias == "block_diagonal":
-            out = block_diagonal_attention(q, k, v, key_valid, dropout)
+            out = block_diagonal_attention(q, k, v, key_valid, dropout, query_positions)
         else:
             joined = dense_attention(
                 q.joined(),

@@ -171,10 +171,11 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, h: Tokens, layout, key_valid, rope, deterministic: bool, summary: bool = False
+        self, h: Tokens, layout, key_valid, rope, deterministic: bool, query_positions=None
     ) -> Tokens:
-        """summary: outputs for [CLS] and each channel's CIT token only, (B, 1, d) and
-        (B, C, 1, d); every token still serves as a key and value (block_diagonal only)."""
+        """query_positions (B, C, Sq) int: outputs for [CLS] and those tokens of each channel
+        only (0 its CIT, 1 + i its patch i), (B, 1, d) and (B, C, Sq, d); every token still
+        serves as a key and value (block_diagonal only)."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         drop = Dropout(cfg.dropout)
@@ -185,9 +186,9 @@ class EncoderBlock(nn.Module):
             dtype,
             cfg.bf16_matmuls,
             name="attention",
-        )(h, layout, key_valid, rope, deterministic, summary)
-        if summary:
-            h = h._replace(channels=h.channels[:, :, :1])
+        )(h, layout, key_valid, rope, deterministic, query_positions)
+        if query_positions is not None:
+            h = h._replace(channels=_take_tokens(h.channels, query_positions))
         attention_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="attention_norm")
         h = jax.tree.map(
             lambda x, a: attention_norm(x + drop(a, deterministic=deterministic)), h, attn
@@ -195,6 +196,12 @@ class EncoderBlock(nn.Module):
         mlp = Mlp(cfg.mlp_dim, dtype, cfg.bf16_matmuls, name="mlp")
         mlp_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="mlp_norm")
         return jax.tree.map(lambda x: mlp_norm(x + drop(mlp(x), deterministic=deterministic)), h)
+
+
+def _take_tokens(x, positions):
+    """x (B, C, S, ...) at positions (B, C, Sq) along S."""
+    index = positions.reshape(positions.shape + (1,) * (x.ndim - 3))
+    return jnp.take_along_axis(x, index, axis=2)
 
 
 def constrain_to_batch(h: Tokens) -> Tokens:
@@ -283,14 +290,33 @@ class TraceEncoder(nn.Module):
         *,
         deterministic: bool = True,
         summary_only: bool = False,
+        query_patches=None,
     ):
+        """summary_only: outputs for [CLS] and the CIT tokens only (no 'tokens', 'pooled', ...).
+        query_patches (B, C, M) int: 'tokens', 'patches' and 'patch_observed' only at those
+        patches of each channel, (B, C, M, ...), and no pooled outputs.
+
+        Either way the last block skips the other patch tokens' attention outputs, LayerNorms
+        and MLP, which nothing reads (with summary_only about a sixth of the forward); every
+        token is still attended to. Unrolled block-diagonal layers only; otherwise everything is
+        computed and the wanted outputs picked.
+        """
         cfg = self.config
         check_inputs(cfg, series, observed, channel_ids, mask_patches)
-        # Only [CLS] and the CIT outputs wanted: the last block skips its patch tokens' queries,
-        # attention outputs and MLP (about a sixth of the forward). Unrolled block-diagonal
-        # layers only; otherwise every output is computed.
-        summary = summary_only and not cfg.scan_layers and cfg.channel_bias == "block_diagonal"
+        if summary_only and query_patches is not None:
+            raise ValueError("pass summary_only or query_patches, not both")
         b, c, _ = series.shape
+        if query_patches is not None:
+            if query_patches.ndim != 3 or tuple(query_patches.shape[:2]) != (b, c):
+                raise ValueError(
+                    f"query_patches must be (B, C, M) = ({b}, {c}, M), got {query_patches.shape}"
+                )
+            if not jnp.issubdtype(query_patches.dtype, jnp.integer):
+                raise ValueError(f"query_patches must be integers, got {query_patches.dtype}")
+        partial = summary_only or query_patches is not None
+        skip_in_last_block = (
+            partial and not cfg.scan_layers and cfg.channel_bias == "block_diagonal"
+        )
         series = series.astype(jnp.float32)
         if observed is None:
             observed = jnp.ones(series.shape, bool)
@@ -328,6 +354,10 @@ class TraceEncoder(nn.Module):
             rotary_dims(cfg.d_model // cfg.num_heads, cfg.rope_fraction),
             cfg.rope_base,
         )
+        # Channel positions wanted: the CIT (0), then the query patches (1 + index).
+        wanted = jnp.zeros((b, c, 1), jnp.int32)
+        if query_patches is not None:
+            wanted = jnp.concatenate([wanted, 1 + query_patches.astype(jnp.int32)], axis=-1)
         if cfg.scan_layers:
             policy = REMAT_POLICIES[cfg.remat_policy]
             body = (
@@ -348,7 +378,7 @@ class TraceEncoder(nn.Module):
             block = (
                 nn.remat(
                     EncoderBlock,
-                    static_argnums=(2, 5, 6),
+                    static_argnums=(2, 5),
                     policy=REMAT_POLICIES[cfg.remat_policy],
                 )
                 if cfg.remat
@@ -356,8 +386,12 @@ class TraceEncoder(nn.Module):
             )
             for i in range(cfg.num_layers):
                 h = constrain_to_batch(h)
-                last = summary and i == cfg.num_layers - 1
-                h = block(cfg, name=f"block_{i}")(h, layout, key_valid, rope, deterministic, last)
+                last = skip_in_last_block and i == cfg.num_layers - 1
+                h = block(cfg, name=f"block_{i}")(
+                    h, layout, key_valid, rope, deterministic, wanted if last else None
+                )
+        if partial and not skip_in_last_block:
+            h = h._replace(channels=_take_tokens(h.channels, wanted))
 
         per_channel = h.channels.astype(jnp.float32)
         common = {
@@ -368,9 +402,16 @@ class TraceEncoder(nn.Module):
             "revin_mean": mean,
             "revin_std": std,
         }
-        if summary:
+        if summary_only:
             return common
         out_tokens = per_channel[:, :, 1:]
+        if query_patches is not None:
+            return {
+                **common,
+                "tokens": out_tokens,
+                "patches": _take_tokens(patches, query_patches),
+                "patch_observed": _take_tokens(patch_observed, query_patches),
+            }
         return {
             **common,
             "tokens": out_tokens,

@@ -95,9 +95,17 @@ class PretrainModel(nn.Module):
     num_classes: int = 0
 
     @nn.compact
-    def __call__(self, series, observed, channel_ids, mask_patches, *, deterministic=True):
+    def __call__(
+        self, series, observed, channel_ids, mask_patches, *, deterministic=True, query_patches=None
+    ):
+        """query_patches (B, C, M): reconstruct those patches only (TraceEncoder's option)."""
         out = TraceEncoder(self.config, name="encoder")(
-            series, observed, channel_ids, mask_patches, deterministic=deterministic
+            series,
+            observed,
+            channel_ids,
+            mask_patches,
+            deterministic=deterministic,
+            query_patches=query_patches,
         )
         out["reconstruction"] = nn.Dense(self.config.patch_len, name="reconstruction")(
             out["tokens"]

@@ -19,11 +19,12 @@ def rope_tables(positions: np.ndarray, rot_dims: int, base: float):
 
 
 def apply_rope(x: jnp.ndarray, cos: np.ndarray, sin: np.ndarray) -> jnp.ndarray:
-    """Rotates x (..., L, H, hd) in the rotate-half convention; dims past rot_dims pass through."""
+    """Rotates x (..., L, H, hd) in the rotate-half convention; dims past rot_dims pass through.
+    cos, sin: (L, rot_dims/2), or (..., L, rot_dims/2) per token."""
     half = cos.shape[-1]
     if half == 0:
         return x
-    cos = jnp.asarray(cos, x.dtype)[:, None, :]
-    sin = jnp.asarray(sin, x.dtype)[:, None, :]
+    cos = jnp.asarray(cos, x.dtype)[..., None, :]
+    sin = jnp.asarray(sin, x.dtype)[..., None, :]
     a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     return jnp.concatenate([a * cos - b * sin, b * cos + a * sin, rest], axis=-1)

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trace_jax.model.patching import patchify
 
@@ -266,6 +267,22 @@ def random_patch_mask(rng: jax.Array, patch_valid: jnp.ndarray, ratio: Any) -> j
     n_mask = jnp.where((ratio > 0) & (n_valid > 0), jnp.maximum(n_mask, 1), n_mask)
     n_mask = jnp.clip(n_mask, 0, n_valid)
     return patch_valid & (rank < n_mask[..., None])
+
+
+def max_masked_patches(num_patches: int, ratio: float) -> int:
+    """The most patches `random_patch_mask` masks in one channel of `num_patches`, over every
+    count of valid patches (the same float32 arithmetic): a static bound for gathering them."""
+    n_valid = np.arange(num_patches + 1)
+    n_mask = np.round(np.float32(ratio) * n_valid.astype(np.float32)).astype(np.int64)
+    n_mask = np.where((ratio > 0) & (n_valid > 0), np.maximum(n_mask, 1), n_mask)
+    return int(np.clip(n_mask, 0, n_valid).max())
+
+
+def masked_patch_indices(patch_masked: jnp.ndarray, count: int) -> jnp.ndarray:
+    """(B, C, count) int32: per channel the indices of its masked patches in order, then of
+    unmasked ones; every masked patch is among them when count >= the channel's masked count."""
+    order = jnp.argsort(~jnp.asarray(patch_masked).astype(bool), axis=-1, stable=True)
+    return order[..., :count].astype(jnp.int32)
 
 
 def random_series_patch_mask(

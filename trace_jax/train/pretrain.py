@@ -10,7 +10,12 @@ import optax
 
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import PretrainModel
-from trace_jax.train.losses import masked_reconstruction_loss, random_series_patch_mask
+from trace_jax.train.losses import (
+    masked_patch_indices,
+    masked_reconstruction_loss,
+    max_masked_patches,
+    random_series_patch_mask,
+)
 
 # Validation masks come from a fixed key so every evaluation scores the same patches.
 EVAL_MASK_SEED = 1234
@@ -59,9 +64,24 @@ class PretrainTask:
     def loss(self, params, batch, rng):
         mask_rng, dropout_rng = jax.random.split(rng)
         mask = self._mask(mask_rng, batch)
-        out = self._apply(params, batch, mask, deterministic=False, rngs={"dropout": dropout_rng})
+        # Only masked patches enter the loss: the encoder's last block and the head run for
+        # them (and as many others as make the count static), not for every patch.
+        query = masked_patch_indices(
+            mask, max_masked_patches(mask.shape[-1], self.config.mask_ratio)
+        )
+        out = self._apply(
+            params,
+            batch,
+            mask,
+            deterministic=False,
+            rngs={"dropout": dropout_rng},
+            query_patches=query,
+        )
         loss, metrics = masked_reconstruction_loss(
-            out["reconstruction"], out["patches"], out["patch_observed"], mask
+            out["reconstruction"],
+            out["patches"],
+            out["patch_observed"],
+            jnp.take_along_axis(mask, query, axis=-1),
         )
         if self.config.num_classes:
             # The auxiliary class term of the public code, on the examples that have a label.
