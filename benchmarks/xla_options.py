@@ -64,8 +64,8 @@ def parse_args(argv=None):
 
 
 def build(stage: str, batch_size: int, variant: str = "", overrides=()):
-    """(jitted function, its arguments, the encoder config) of the stage (config variant: '' = paper size) on
-    random inputs."""
+    """(jitted function, its arguments, the encoder config) of the stage (config variant:
+    '' = paper size) on random inputs."""
     from trace_jax.model.heads import AlignModel  # pylint: disable=g-import-not-at-top
     from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
     from trace_jax.train.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top

@@ -355,7 +355,7 @@ class TraceEncoder(nn.Module):
             cfg.rope_base,
         )
         # Channel positions wanted: the CIT (0), then the query patches (1 + index).
-        wanted = jnp.zeros((b, c, 1), jnp.int32)
+        wanted = jnp.zeros((b, c, 1), jnp.int32) if partial else None
         if query_patches is not None:
             wanted = jnp.concatenate([wanted, 1 + query_patches.astype(jnp.int32)], axis=-1)
         if cfg.scan_layers:

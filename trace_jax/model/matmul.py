@@ -28,9 +28,8 @@ def _product(a, b, dims):
 def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """x (..., k) @ w (k, n) with both rounded to bfloat16, accumulated in float32; the result
     has x's dtype."""
-    return _product(x.astype(OPERAND_DTYPE), w.astype(OPERAND_DTYPE), ((x.ndim - 1,), (0,))).astype(
-        x.dtype
-    )
+    y = _product(x.astype(OPERAND_DTYPE), w.astype(OPERAND_DTYPE), ((x.ndim - 1,), (0,)))
+    return y.astype(x.dtype)
 
 
 def _forward(x, w):
@@ -55,19 +54,9 @@ bf16_matmul.defvjp(_forward, _backward)
 def bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
     """`bf16_matmul` behind `jax.lax.dot_general`'s signature, for `nn.Dense(dot_general=...)`:
     only Dense's contraction (lhs's last axis with rhs's first, no batch axes)."""
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    dense = (
-        tuple(lhs_contract),
-        tuple(rhs_contract),
-        tuple(lhs_batch),
-        tuple(rhs_batch),
-    ) == (
-        (lhs.ndim - 1,),
-        (0,),
-        (),
-        (),
-    )
-    if not dense or rhs.ndim != 2 or preferred_element_type is not None:
+    contract, batch = (tuple(map(tuple, pair)) for pair in dimension_numbers)
+    dense = contract == ((lhs.ndim - 1,), (0,)) and batch == ((), ()) and rhs.ndim == 2
+    if not dense or preferred_element_type is not None:
         raise NotImplementedError(
             f"bf16_dot_general supports nn.Dense's products only, got {dimension_numbers} "
             f"for shapes {lhs.shape} x {rhs.shape}"
