@@ -119,3 +119,16 @@ def test_export_mode_of_the_main_command(trained, tmp_path):
         live_embeddings(workdir, config, series, observed, channel_ids),
         atol=1e-5,
     )
+
+
+def test_load_can_switch_the_matmul_precision(trained):
+    workdir, config, series, observed, channel_ids = trained
+    exact = trace_jax.load(workdir)
+    rounded = trace_jax.load(workdir, bf16_matmuls=True)
+    assert not exact.encoder_config.bf16_matmuls and rounded.encoder_config.bf16_matmuls
+    a = exact.embed_series(series, observed, channel_ids)
+    b = rounded.embed_series(series, observed, channel_ids)
+    assert 0 < np.abs(a - b).max() < 0.05  # rounded, and still the same embedding
+    np.testing.assert_allclose(np.sum(a * b, axis=1), 1.0, atol=1e-3)
+    back = trace_jax.load(workdir, bf16_matmuls=False)
+    np.testing.assert_array_equal(back.embed_series(series, observed, channel_ids), a)
