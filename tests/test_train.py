@@ -1,5 +1,6 @@
 """The shared loop end to end on tiny configs: training, sharding equivalence, exact resume."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, TASKS, read_params, tiny_config
-from tests.test_encoder import awkward_inputs
+from tests.test_encoder import TINY, awkward_inputs
 from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
 from trace_jax.model.partitioning import logical_axes
@@ -22,7 +23,8 @@ from trace_jax.train import sharding as shard_lib
 from trace_jax.train.align import AlignTask
 from trace_jax.train.checkpoint import Checkpointer
 from trace_jax.train.loop import initial_state, build_trainer, example_batch, train_and_evaluate
-from trace_jax.train.losses import masked_reconstruction_loss
+from trace_jax.model.heads import AlignModel
+from trace_jax.train.losses import masked_reconstruction_loss, patches_to_reconstruct
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +292,31 @@ def test_pretraining_loss_on_the_masked_patches_alone_equals_the_full_models(tmp
     np.testing.assert_allclose(loss, want, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+
+
+def test_alignment_reconstruction_at_the_query_patches_equals_the_full_models():
+    """With a reconstruction term, the alignment model reconstructs only the query patches:
+    the same values there, and the same embeddings."""
+    cfg = dataclasses.replace(TINY, num_layers=2)
+    series, observed = awkward_inputs(2, 3, 20, seed=10)
+    batch = {
+        "series": jnp.asarray(series),
+        "observed": jnp.asarray(observed),
+        "channel_ids": jnp.broadcast_to(jnp.arange(3, dtype=jnp.int32), (2, 3)),
+        "text_embedding": jnp.ones((2, 384)),
+        "channel_text_embedding": jnp.ones((2, 3, 384)),
+        "channel_text_valid": jnp.ones((2, 3), bool),
+    }
+    model = AlignModel(cfg, reconstruct=True)
+    params = model.init(jax.random.key(0), batch)
+    mask = np.zeros((2, 3, 5), bool)
+    mask[:, :, 2] = True
+    query, query_masked = patches_to_reconstruct(mask, 0.3)
+    assert (np.asarray(query_masked).sum(-1) == 1).all()  # the one masked patch, and a pad
+    full = model.apply(params, batch, mask)
+    part = model.apply(params, batch, mask, query_patches=query)
+    pick = lambda x: np.take_along_axis(np.asarray(x), np.asarray(query)[..., None], axis=2)
+    for key in ("reconstruction", "patches", "patch_observed"):
+        np.testing.assert_allclose(part[key], pick(full[key]), rtol=0, atol=2e-6)
+    for key in ("sample", "channels", "text", "channel_text"):
+        np.testing.assert_allclose(part[key], full[key], rtol=0, atol=2e-6)

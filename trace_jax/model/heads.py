@@ -58,7 +58,8 @@ class AlignModel(nn.Module):
     def embed_text(self, text_embedding):
         return l2_normalize(self._project_text(text_embedding))
 
-    def __call__(self, batch, mask_patches=None, *, deterministic=True):
+    def __call__(self, batch, mask_patches=None, *, deterministic=True, query_patches=None):
+        """query_patches (B, C, M), with reconstruct: reconstruct those patches only."""
         out = self.encoder(
             batch["series"],
             batch["observed"],
@@ -66,6 +67,7 @@ class AlignModel(nn.Module):
             mask_patches,
             deterministic=deterministic,
             summary_only=not self.reconstruct,
+            query_patches=query_patches if self.reconstruct else None,
         )
         channels = self.series_proj(out["channels"])
         channel_text = self._project_text(batch["channel_text_embedding"])

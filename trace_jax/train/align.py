@@ -14,6 +14,7 @@ from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
 from trace_jax.train.losses import (
     masked_reconstruction_loss,
+    patches_to_reconstruct,
     random_series_patch_mask,
     sample_and_channel_loss,
 )
@@ -48,7 +49,7 @@ class AlignTask:
 
     def loss(self, params, batch, rng):
         mask_rng, dropout_rng = jax.random.split(rng)
-        mask = None
+        mask = query = None
         if self.model.reconstruct:
             mask = random_series_patch_mask(
                 mask_rng,
@@ -57,12 +58,15 @@ class AlignTask:
                 self.encoder_config.patch_len,
                 self.config.mask_ratio,
             )
+            # The reconstruction term reads the masked patches only (see PretrainTask.loss).
+            query, query_masked = patches_to_reconstruct(mask, self.config.mask_ratio)
         out = self.model.apply(
             {"params": params["model"]},
             batch,
             mask,
             deterministic=False,
             rngs={"dropout": dropout_rng},
+            query_patches=query,
         )
         loss, metrics = sample_and_channel_loss(
             out["sample"],
@@ -77,7 +81,7 @@ class AlignTask:
         )
         if self.model.reconstruct:
             recon, recon_metrics = masked_reconstruction_loss(
-                out["reconstruction"], out["patches"], out["patch_observed"], mask
+                out["reconstruction"], out["patches"], out["patch_observed"], query_masked
             )
             loss = loss + self.config.reconstruction_weight * recon
             metrics.update(recon_metrics, loss=loss)

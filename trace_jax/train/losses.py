@@ -285,6 +285,14 @@ def masked_patch_indices(patch_masked: jnp.ndarray, count: int) -> jnp.ndarray:
     return order[..., :count].astype(jnp.int32)
 
 
+def patches_to_reconstruct(patch_masked: jnp.ndarray, ratio: float):
+    """(query, masked): the (B, C, M) patch indices a reconstruction loss must see, M the
+    static bound of max_masked_patches, and which of them are masked (the loss's mask)."""
+    count = max_masked_patches(patch_masked.shape[-1], ratio)
+    query = masked_patch_indices(patch_masked, count)
+    return query, jnp.take_along_axis(jnp.asarray(patch_masked), query, axis=-1)
+
+
 def random_series_patch_mask(
     rng: jax.Array, series: jnp.ndarray, observed: jnp.ndarray, patch_len: int, ratio: Any
 ) -> jnp.ndarray:

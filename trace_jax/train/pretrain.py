@@ -11,9 +11,8 @@ import optax
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import PretrainModel
 from trace_jax.train.losses import (
-    masked_patch_indices,
     masked_reconstruction_loss,
-    max_masked_patches,
+    patches_to_reconstruct,
     random_series_patch_mask,
 )
 
@@ -66,9 +65,7 @@ class PretrainTask:
         mask = self._mask(mask_rng, batch)
         # Only masked patches enter the loss: the encoder's last block and the head run for
         # them (and as many others as make the count static), not for every patch.
-        query = masked_patch_indices(
-            mask, max_masked_patches(mask.shape[-1], self.config.mask_ratio)
-        )
+        query, query_masked = patches_to_reconstruct(mask, self.config.mask_ratio)
         out = self._apply(
             params,
             batch,
@@ -81,7 +78,7 @@ class PretrainTask:
             out["reconstruction"],
             out["patches"],
             out["patch_observed"],
-            jnp.take_along_axis(mask, query, axis=-1),
+            query_masked,
         )
         if self.config.num_classes:
             # The auxiliary class term of the public code, on the examples that have a label.
