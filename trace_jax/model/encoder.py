@@ -104,7 +104,12 @@ class EncoderConfig:
 
 
 def check_inputs(
-    config: EncoderConfig, series, observed=None, channel_ids=None, mask_patches=None
+    config: EncoderConfig,
+    series,
+    observed=None,
+    channel_ids=None,
+    mask_patches=None,
+    query_patches=None,
 ) -> None:
     """Raises ValueError naming what is wrong with the encoder's inputs (static checks)."""
     shape = getattr(series, "shape", None)
@@ -142,6 +147,13 @@ def check_inputs(
         n = -(-t // config.patch_len)
         if tuple(mask_patches.shape) != (b, c, n):
             raise ValueError(f"mask_patches must have shape {(b, c, n)}, got {mask_patches.shape}")
+    if query_patches is not None:
+        if query_patches.ndim != 3 or tuple(query_patches.shape[:2]) != (b, c):
+            raise ValueError(
+                f"query_patches must be (B, C, M) = ({b}, {c}, M), got {query_patches.shape}"
+            )
+        if not jnp.issubdtype(query_patches.dtype, jnp.integer):
+            raise ValueError(f"query_patches must be integers, got {query_patches.dtype}")
 
 
 class Mlp(nn.Module):
@@ -302,17 +314,10 @@ class TraceEncoder(nn.Module):
         computed and the wanted outputs picked.
         """
         cfg = self.config
-        check_inputs(cfg, series, observed, channel_ids, mask_patches)
+        check_inputs(cfg, series, observed, channel_ids, mask_patches, query_patches)
         if summary_only and query_patches is not None:
             raise ValueError("pass summary_only or query_patches, not both")
         b, c, _ = series.shape
-        if query_patches is not None:
-            if query_patches.ndim != 3 or tuple(query_patches.shape[:2]) != (b, c):
-                raise ValueError(
-                    f"query_patches must be (B, C, M) = ({b}, {c}, M), got {query_patches.shape}"
-                )
-            if not jnp.issubdtype(query_patches.dtype, jnp.integer):
-                raise ValueError(f"query_patches must be integers, got {query_patches.dtype}")
         partial = summary_only or query_patches is not None
         skip_in_last_block = (
             partial and not cfg.scan_layers and cfg.channel_bias == "block_diagonal"
