@@ -20,7 +20,10 @@ configs/align.py with no variant, the CIT table grown to C when C > 64):
   infer     series embeddings (AlignModel.embed_series: [CLS] and CIT outputs, projected and
             L2-normalised) in evaluation mode, batch 256: ours jitted, torch under
             torch.inference_mode().
-The PyTorch side is benchmarks/torch_trace.py (its docstring says how it is tuned). Before
+The PyTorch side is benchmarks/torch_trace.py (its docstring says how it is tuned), by default
+doing the same work as ours: block_diagonal attention per channel (`--torch_attention dense`:
+one (L, L) mask instead, as the paper's public code and the issue's PyTorch bar) and the last
+block for the loss's tokens only (`--torch_last_block all`: for every token). Before
 timing, torch_trace.check() copies a tiny Flax model into the PyTorch one and compares outputs,
 losses and gradients (the max difference is printed), so both sides compute the same function.
 Inputs: standard normal series, all points observed, channel ids 0..C-1, random unit text
@@ -56,7 +59,7 @@ named in the header line:
             `ldconfig -p` lists it (Debian: `apt-get install libgoogle-perftools4`), else uses
             glibc with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages for
             malloc's mappings: fewer, larger faults); `tcmalloc`, `glibc-hugetlb` and `glibc`
-            (plain) force one.
+            (plain) force one. `--torch_malloc` gives torch's children another.
   --mkl_intel_path  torch's float32 matmuls are MKL's, and MKL runs its AVX2 kernels on AMD
             CPUs even when they have AVX-512 (Zen 4, Zen 5): `auto` (default) preloads a one-line
             library that makes MKL take its Intel path on AMD CPUs (about 2x on the encoder's
@@ -115,13 +118,30 @@ def parse_args(argv=None):
     parser.add_argument("--attention_dropout", type=float, default=None, help="default: config")
     parser.add_argument("--channel_bias", default=None, help="default: config (block_diagonal)")
     parser.add_argument(
+        "--torch_attention",
+        choices=("split", "dense"),
+        default="split",
+        help="PyTorch's block_diagonal layout: split (per channel, linear in C) or dense (one "
+        "(L, L) mask, as the public code and the issue's bar)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override a config field for both sides, e.g. model.remat=True (a Python literal)",
     )
+    parser.add_argument(
+        "--torch_last_block",
+        choices=("partial", "all"),
+        default="partial",
+        help="PyTorch's last block: for the tokens the loss reads only, as ours (partial), or "
+        "for every token, as a plain port (all; the figures before session 6)",
+    )
     parser.add_argument("--malloc", choices=MALLOCS, default="auto")
+    parser.add_argument(
+        "--torch_malloc", choices=MALLOCS, default=None, help="torch's, if not --malloc's"
+    )
     parser.add_argument(
         "--mkl_intel_path",
         choices=("auto", "on", "off"),
@@ -262,7 +282,9 @@ def run_jax(figure: str, config: dict, args) -> dict:
             lambda params, series, observed, ids: task.model.apply(
                 {"params": params["model"]}, series, observed, ids, method=AlignModel.embed_series
             ),
-            compiler_options=xla_options.encoder_forward(task.encoder_config),  # as trace_jax.load(...) embeds
+            compiler_options=xla_options.encoder_forward(
+                task.encoder_config
+            ),  # as trace_jax.load(...) embeds
         )
         inputs = (params, batch["series"], batch["observed"], batch["channel_ids"])
         t0 = time.perf_counter()
@@ -302,7 +324,13 @@ def run_torch(figure: str, config: dict, args) -> dict:
     # Subnormal weights or activations would drop to microcode on x86; XLA flushes them too.
     torch.set_flush_denormal(True)
     torch.manual_seed(config["seed"])
-    cfg = tt.TorchTraceConfig.from_mapping(config["model"])
+    cfg = tt.TorchTraceConfig.from_mapping(
+        dict(
+            config["model"],
+            attention_layout=args.torch_attention,
+            partial_last_block=args.torch_last_block == "partial",
+        )
+    )
     b = config["train"]["batch_size"]
     batch = {
         k: torch.from_numpy(v) for k, v in make_batch(b, args.channels, args.time_steps).items()
@@ -394,28 +422,30 @@ def build_mkl_shim(directory: str) -> str | None:
     return str(library) if built.returncode == 0 else None
 
 
+def malloc_settings(choice: str) -> tuple[dict, list[str], str]:
+    """(environment variables, libraries to preload, description) for one --malloc choice."""
+    tcmalloc = find_tcmalloc()
+    if choice == "tcmalloc" and tcmalloc is None:
+        sys.exit("--malloc tcmalloc: no libtcmalloc in `ldconfig -p`")
+    if choice in ("auto", "tcmalloc") and tcmalloc is not None:
+        # tcmalloc reports every allocation above 1 GiB on stderr; the C=112 runs make some.
+        env = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(64 * GIB)}
+        return env, [tcmalloc], f"tcmalloc (LD_PRELOAD={tcmalloc})"
+    if choice == "glibc":
+        return {}, [], "glibc malloc, default settings"
+    return {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, [], "glibc malloc, hugetlb=1"
+
+
 def child_envs(args, scratch: str) -> tuple[dict, str]:
     """Environments of our children and torch's ({impl: env}), and a description of them."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     for key in ("LD_PRELOAD", "GLIBC_TUNABLES", "OMP_WAIT_POLICY"):
         env.pop(key, None)
-    preload, notes = [], []
-    tcmalloc = find_tcmalloc()
-    if args.malloc == "tcmalloc" and tcmalloc is None:
-        sys.exit("--malloc tcmalloc: no libtcmalloc in `ldconfig -p`")
-    if args.malloc in ("auto", "tcmalloc") and tcmalloc is not None:
-        preload.append(tcmalloc)
-        # tcmalloc reports every allocation above 1 GiB on stderr; the C=112 runs make some.
-        env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] = str(64 * GIB)
-        notes.append(f"tcmalloc (LD_PRELOAD={tcmalloc})")
-    elif args.malloc == "glibc":
-        notes.append("glibc malloc, default settings")
-    else:
-        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
-        notes.append("glibc malloc, GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
-    jax_env = {**env, "LD_PRELOAD": " ".join(preload)}
+    jax_vars, jax_preload, jax_note = malloc_settings(args.malloc)
+    torch_vars, torch_preload, torch_note = malloc_settings(args.torch_malloc or args.malloc)
+    notes = [jax_note if jax_note == torch_note else f"ours: {jax_note}; torch: {torch_note}"]
+    jax_env = {**env, **jax_vars, "LD_PRELOAD": " ".join(jax_preload)}
 
-    torch_preload = list(preload)
     want_shim = args.mkl_intel_path == "on" or (
         args.mkl_intel_path == "auto" and cpu_vendor() == "AuthenticAMD"
     )
@@ -423,9 +453,9 @@ def child_envs(args, scratch: str) -> tuple[dict, str]:
     if args.mkl_intel_path == "on" and shim is None:
         sys.exit("--mkl_intel_path on: no C compiler to build the shim")
     if shim is not None:
-        torch_preload.append(shim)
+        torch_preload = [*torch_preload, shim]
         notes.append("torch: MKL's Intel (AVX-512) code path forced")
-    torch_env = {**env, "LD_PRELOAD": " ".join(torch_preload)}
+    torch_env = {**env, **torch_vars, "LD_PRELOAD": " ".join(torch_preload)}
     if args.omp_wait_policy != "default":
         torch_env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
         notes.append(f"torch: OMP_WAIT_POLICY={args.omp_wait_policy.upper()}")
@@ -517,12 +547,16 @@ def compare(args, argv: list[str], scratch: str) -> int:
         f"model d={model['d_model']} heads={model['num_heads']} layers={model['num_layers']} "
         f"mlp={model['mlp_dim']} P={model['patch_len']} channel_bias={model['channel_bias']} "
         f"level_embedding={model['level_embedding']} dropout={model['dropout']} "
-        f"attention_dropout={model['attention_dropout']} remat={model.get('remat')} "
+        f"attention_dropout={model['attention_dropout']} "
+        f"torch_attention={args.torch_attention} torch_last_block={args.torch_last_block} "
+        f"remat={model.get('remat')} "
         f"scan_layers={model.get('scan_layers')}; T={args.time_steps} "
         f"C={args.channels}; {args.warmup} warm-up + {args.steps} timed steps",
         flush=True,
     )
-    worst = torch_trace.check(modes=(model["channel_bias"],), log=lambda line: None)
+    worst = torch_trace.check(
+        modes=(model["channel_bias"],), layouts=(args.torch_attention,), log=lambda line: None
+    )
     print(
         f"check: PyTorch model vs ours (tiny config; outputs, losses, gradients) max diff "
         f"{worst:.2e}",
