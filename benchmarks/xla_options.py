@@ -9,7 +9,7 @@ Compiles the same jitted function once per candidate set of compiler options (pa
 alignment model's series embeddings (`AlignModel.embed_series`, what `trace_jax.load(...)
 .embed_series` runs) or the real pretraining / alignment step with AdamW. The candidates are
 XLA's library fusions: YNNPACK (jax 0.10's default on the CPU), off, or restricted to some
-fusion kinds, and XNNPACK / oneDNN taking the dots. `trace_jax/xla_options.py` holds the
+fusion kinds, XNNPACK / oneDNN taking the dots, and XLA's own loops in 512-bit vectors. `trace_jax/xla_options.py` holds the
 choice these measurements made; the last line is `<stage>_chosen_over_default=<speed ratio>`.
 Run with tcmalloc preloaded, like the other CPU figures (BENCHMARKS.md).
 """
@@ -43,6 +43,15 @@ CANDIDATES = {
     "ynn-dot+eltwise": {_YNN: f"{_DOT},{_ELTWISE}"},
     "xnn-dot": {_YNN: "", _XNN: _DOT},  # YNNPACK off, XNNPACK takes the dots
     "onednn-dot": {_YNN: "", _ONEDNN: _DOT},  # YNNPACK off, oneDNN takes the dots
+    # oneDNN's matmul rewritten in as custom calls (Intel's older path), YNNPACK off.
+    "onednn-call": {
+        _YNN: "",
+        "xla_cpu_use_onednn": True,
+        "xla_cpu_experimental_onednn_custom_call": True,
+    },
+    # XLA's own loops (the elementwise fusions) in 512-bit vectors; LLVM prefers 256 by default.
+    "vector-512": {"xla_cpu_prefer_vector_width": 512},
+    "ynn-off+vector-512": {_YNN: "", "xla_cpu_prefer_vector_width": 512},
 }
 
 
