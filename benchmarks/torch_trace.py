@@ -229,9 +229,10 @@ class Block(nn.Module):
         for i in range(3):
             nn.init.xavier_uniform_(self.qkv_weight[i * d : (i + 1) * d])
 
-    def _attention(self, qkv, g: Geometry, query):
+    def _attention(self, qkv, g: Geometry, query, query_rows):
         """qkv (M, 3d) -> attention outputs (M', d) in the same row order (channel rows, then
-        [CLS] rows): all rows (M' = M), or the channel rows `query` selects (split layout)."""
+        [CLS] rows): all rows (M' = M), or the channel rows `query` selects (split layout;
+        `query_rows` are their row numbers)."""
         b, c, s, h, hd = g.batch, g.channels, g.channel_length, g.heads, g.head_dim
         rows, d = g.channel_rows, h * hd
         channel, cls = qkv.split([rows, b])
@@ -240,7 +241,7 @@ class Block(nn.Module):
         v = v.squeeze(2)
         channel_mask = g.channel_mask
         if query is not None:  # (B*C, Q) positions of each channel's kept queries
-            q = q.reshape(rows, h, hd).index_select(0, _flat_rows(query, s)).view(b * c, -1, h, hd)
+            q = q.reshape(rows, h, hd).index_select(0, query_rows).view(b * c, -1, h, hd)
             channel_mask = channel_mask.gather(2, query[:, None, :, None].expand(-1, 1, -1, s))
         cls_q, cls_k, cls_v = cls.view(b, 3, 1, h, hd).unbind(1)  # position 0: no rotation
         dropout_p = self.cfg.attention_dropout if self.training else 0.0
@@ -287,10 +288,11 @@ class Block(nn.Module):
         bias = torch.cat([self.query_bias, self.key_bias, self.value_bias])
         bf16 = self.cfg.bf16_matmuls
         qkv = linear(x, self.qkv_weight, bias, bf16)
-        attn = linear(self._attention(qkv, g, query), self.out.weight, self.out.bias, bf16)
+        rows = None if query is None else _flat_rows(query, g.channel_length)
+        attn = linear(self._attention(qkv, g, query, rows), self.out.weight, self.out.bias, bf16)
         if query is not None:
             channel, cls = x.split([g.channel_rows, g.batch])
-            x = torch.cat([channel.index_select(0, _flat_rows(query, g.channel_length)), cls])
+            x = torch.cat([channel.index_select(0, rows), cls])
         x = self.attention_norm(residual_dropout(x, attn, p, self.training))
         hidden = F.gelu(linear(x, self.fc1.weight, self.fc1.bias, bf16))
         mlp = linear(hidden, self.fc2.weight, self.fc2.bias, bf16)
@@ -393,10 +395,10 @@ class TorchTraceEncoder(nn.Module):
         query = None  # positions per channel: the CIT, then the query patches
         if query_patches is not None:
             query = torch.cat([torch.zeros(b, c, 1, dtype=torch.long), 1 + query_patches], -1)
-        split = g.channel_mask is not None
+        split = g.channel_mask is not None  # dense layouts compute every token, then pick
+        last_query = query.view(b * c, -1) if split and query is not None else None
         for i, block in enumerate(self.blocks):
-            last = i == len(self.blocks) - 1
-            x = block(x, g, query.view(b * c, -1) if last and split and query is not None else None)
+            x = block(x, g, last_query if i == len(self.blocks) - 1 else None)
 
         per_channel, cls = x.split([x.shape[0] - b, b])
         per_channel = per_channel.view(b, c, -1, d)
