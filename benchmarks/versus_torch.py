@@ -282,9 +282,8 @@ def run_jax(figure: str, config: dict, args) -> dict:
             lambda params, series, observed, ids: task.model.apply(
                 {"params": params["model"]}, series, observed, ids, method=AlignModel.embed_series
             ),
-            compiler_options=xla_options.encoder_forward(
-                task.encoder_config
-            ),  # as trace_jax.load(...) embeds
+            # The options trace_jax.load(...) embeds with.
+            compiler_options=xla_options.encoder_forward(task.encoder_config),
         )
         inputs = (params, batch["series"], batch["observed"], batch["channel_ids"])
         t0 = time.perf_counter()

@@ -9,8 +9,9 @@ Compiles the same jitted function once per candidate set of compiler options (pa
 alignment model's series embeddings (`AlignModel.embed_series`, what `trace_jax.load(...)
 .embed_series` runs) or the real pretraining / alignment step with AdamW. The candidates are
 XLA's library fusions: YNNPACK (jax 0.10's default on the CPU), off, or restricted to some
-fusion kinds, XNNPACK / oneDNN taking the dots, and XLA's own loops in 512-bit vectors. `trace_jax/xla_options.py` holds the
-choice these measurements made; the last line is `<stage>_chosen_over_default=<speed ratio>`.
+fusion kinds, XNNPACK / oneDNN taking the dots, and XLA's own loops in 512-bit vectors.
+`trace_jax/xla_options.py` holds the choice these measurements made; the last line is
+`<stage>_chosen_over_default=<speed ratio>`.
 Run with tcmalloc preloaded, like the other CPU figures (BENCHMARKS.md).
 """
 
@@ -49,7 +50,7 @@ CANDIDATES = {
         "xla_cpu_use_onednn": True,
         "xla_cpu_experimental_onednn_custom_call": True,
     },
-    # XLA's own loops (the elementwise fusions) in 512-bit vectors; LLVM prefers 256 by default.
+    # XLA's own loops (the elementwise fusions) vectorised for 512-bit registers.
     "vector-512": {"xla_cpu_prefer_vector_width": 512},
     "ynn-off+vector-512": {_YNN: "", "xla_cpu_prefer_vector_width": 512},
 }
