@@ -21,7 +21,9 @@ Written as a competent engineer would tune it for a small CPU, not as a port:
   builds that mask instead, to time the public code's quadratic layout);
 - tensors are cut with split/unbind, never sliced (a slice's backward zero-fills a full-size
   gradient and adds into it); residual dropout is one uniform draw and one addcmul;
-- AdamW is the fused CPU kernel, clipping uses foreach, gradients are set to None.
+- AdamW is the fused CPU kernel, clipping uses foreach, gradients are set to None;
+- with partial_last_block (versus_torch.py's default) the last block runs only for the tokens
+  the loss reads, as ours does; the CIT and patch rows it keeps are picked with index_select.
 Process-wide settings that must precede the interpreter (tcmalloc, MKL's AVX-512 path on AMD,
 OMP_WAIT_POLICY) are set by benchmarks/versus_torch.py for its children; see its docstring.
 
