@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trace_jax.model.dropout import Dropout
-from trace_jax.model.layout import TokenLayout, Tokens
+from trace_jax.model.layout import TokenLayout, Tokens, take_tokens
 from trace_jax.model.matmul import dense_dot_general, matmul
 from trace_jax.model.rope import apply_rope
 
@@ -160,7 +160,7 @@ class ChannelBiasedAttention(nn.Module):
             if self.channel_bias != "block_diagonal":
                 raise ValueError("query_positions need channel_bias='block_diagonal'")
             cos, sin = (jnp.asarray(t)[query_positions] for t in rope)  # (B, C, Sq, rot/2)
-            picked = jnp.take_along_axis(q.channels, query_positions[..., None, None], axis=2)
+            picked = take_tokens(q.channels, query_positions)
             q = q._replace(channels=apply_rope(picked, cos, sin))
         else:
             q = q._replace(channels=apply_rope(q.channels, *rope))

@@ -19,7 +19,7 @@ from jax.ad_checkpoint import checkpoint_name
 from trace_jax.model.activations import gelu
 from trace_jax.model.attention import ChannelBiasedAttention
 from trace_jax.model.dropout import Dropout
-from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens
+from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens, take_tokens
 from trace_jax.model.matmul import dense_dot_general
 from trace_jax.model.patching import patchify
 from trace_jax.model.revin import revin
@@ -200,7 +200,7 @@ class EncoderBlock(nn.Module):
             name="attention",
         )(h, layout, key_valid, rope, deterministic, query_positions)
         if query_positions is not None:
-            h = h._replace(channels=_take_tokens(h.channels, query_positions))
+            h = h._replace(channels=take_tokens(h.channels, query_positions))
         attention_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="attention_norm")
         h = jax.tree.map(
             lambda x, a: attention_norm(x + drop(a, deterministic=deterministic)), h, attn
@@ -208,12 +208,6 @@ class EncoderBlock(nn.Module):
         mlp = Mlp(cfg.mlp_dim, dtype, cfg.bf16_matmuls, name="mlp")
         mlp_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="mlp_norm")
         return jax.tree.map(lambda x: mlp_norm(x + drop(mlp(x), deterministic=deterministic)), h)
-
-
-def _take_tokens(x, positions):
-    """x (B, C, S, ...) at positions (B, C, Sq) along S."""
-    index = positions.reshape(positions.shape + (1,) * (x.ndim - 3))
-    return jnp.take_along_axis(x, index, axis=2)
 
 
 def constrain_to_batch(h: Tokens) -> Tokens:
@@ -396,7 +390,7 @@ class TraceEncoder(nn.Module):
                     h, layout, key_valid, rope, deterministic, wanted if last else None
                 )
         if partial and not skip_in_last_block:
-            h = h._replace(channels=_take_tokens(h.channels, wanted))
+            h = h._replace(channels=take_tokens(h.channels, wanted))
 
         per_channel = h.channels.astype(jnp.float32)
         common = {
@@ -414,8 +408,8 @@ class TraceEncoder(nn.Module):
             return {
                 **common,
                 "tokens": out_tokens,
-                "patches": _take_tokens(patches, query_patches),
-                "patch_observed": _take_tokens(patch_observed, query_patches),
+                "patches": take_tokens(patches, query_patches),
+                "patch_observed": take_tokens(patch_observed, query_patches),
             }
         return {
             **common,

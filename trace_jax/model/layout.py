@@ -14,6 +14,13 @@ import numpy as np
 CHANNEL_BIAS_MODES = ("block_diagonal", "paper", "full")
 
 
+def take_tokens(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """x (B, C, S, ...) at positions (B, C, Sq) along S: each channel's tokens at those
+    positions, (B, C, Sq, ...)."""
+    index = positions.reshape(positions.shape + (1,) * (x.ndim - 3))
+    return jnp.take_along_axis(x, index, axis=2)
+
+
 class Tokens(NamedTuple):
     """The token sequence as [CLS] and the channel tokens apart: cls (B, 1, ...) and channels
     (B, C, S, ...), S = a channel's CIT and its N patches.
