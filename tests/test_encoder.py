@@ -10,7 +10,7 @@ import pytest
 
 from tests.numpy_reference import reference_forward
 from trace_jax.model import EncoderConfig, TraceEncoder
-from trace_jax.model.activations import gelu
+from trace_jax.model.activations import gelu, layer_zero
 from trace_jax.model.attention import block_diagonal_attention, dense_attention
 from trace_jax.model.layout import TokenLayout, Tokens
 from trace_jax.model.partitioning import logical_axes
@@ -272,6 +272,16 @@ def test_gelu_custom_gradient_matches_autodiff():
     ours = jax.grad(lambda v: jnp.sum(gelu(v) * jnp.cos(v)))(x)
     ref = jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False) * jnp.cos(v)))(x)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)
+
+
+def test_gelu_with_a_layer_zero_is_bit_equal_and_leaves_the_bias_without_gradient():
+    x = jax.random.normal(jax.random.key(1), (3, 5, 16)) * 4.0
+    bias = jax.random.normal(jax.random.key(2), (16,)).at[0].set(-0.0)
+    np.testing.assert_array_equal(gelu(x, layer_zero(bias)), gelu(x))
+    loss = lambda v, b: jnp.sum(gelu(v, layer_zero(b)) * jnp.cos(v))
+    gx, gb = jax.grad(loss, argnums=(0, 1))(x, bias)
+    np.testing.assert_array_equal(gx, jax.grad(lambda v: jnp.sum(gelu(v) * jnp.cos(v)))(x))
+    np.testing.assert_array_equal(gb, np.zeros(16))
 
 
 def test_scanned_layers_equal_unrolled_layers_forward_and_gradient():

@@ -2,6 +2,7 @@
 operands, and the encoder's wiring of them (model.bf16_matmuls)."""
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -12,7 +13,7 @@ import pytest
 
 from tests.test_encoder import TINY, awkward_inputs, random_params
 from trace_jax import xla_options
-from trace_jax.model import TraceEncoder
+from trace_jax.model import EncoderConfig, TraceEncoder
 from trace_jax.model.matmul import bf16_dot_general, bf16_matmul
 
 
@@ -123,3 +124,19 @@ def test_cpu_forward_options_keep_ynnpack_for_bf16_matmuls():
     assert xla_options.encoder_forward(bf16, "cpu") == {}
     assert xla_options.encoder_forward(None, "cpu") == {}
     assert xla_options.encoder_forward(f32, "gpu") == {}
+
+
+def test_cpu_embeddings_read_no_materialised_gelu_constants():
+    """On XLA:CPU the paper-size bf16 forward fuses each MLP into one YNNPACK call; with GELU's
+    constants shared across layers XLA wrote them out as three (tokens, mlp_dim) float32 arrays
+    and every layer's fusion read them (activations.layer_zero). Compiled only, from shapes."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("XLA:CPU program structure")
+    cfg = EncoderConfig(bf16_matmuls=True, num_channels=8)
+    series = jax.ShapeDtypeStruct((64, 7, 186), jnp.float32)
+    model = TraceEncoder(cfg)
+    params = jax.eval_shape(lambda s: model.init(jax.random.key(0), s), series)
+    forward = jax.jit(lambda p, s: model.apply(p, s, summary_only=True))
+    hlo = forward.lower(params, series).compile(xla_options.encoder_forward(cfg)).as_text()
+    assert "ynn_fusion" in hlo
+    assert not re.findall(rf"%wrapped_broadcast\S* = f32\[[0-9,]*,{cfg.mlp_dim}\]", hlo)

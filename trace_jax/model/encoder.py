@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from trace_jax.model.activations import gelu
+from trace_jax.model.activations import gelu, layer_zero
 from trace_jax.model.attention import ChannelBiasedAttention
 from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens, take_tokens
@@ -167,8 +167,9 @@ class Mlp(nn.Module):
         dense = functools.partial(
             nn.Dense, dtype=self.dtype, dot_general=dense_dot_general(self.bf16_matmuls)
         )
-        h = checkpoint_name(dense(self.mlp_dim, name="fc1")(h), "mlp_hidden")
-        h = gelu(h)
+        fc1 = dense(self.mlp_dim, name="fc1")
+        h = checkpoint_name(fc1(h), "mlp_hidden")
+        h = gelu(h, layer_zero(fc1.variables["params"]["bias"]))
         return checkpoint_name(dense(d, name="fc2")(h), "mlp_out")
 
 
