@@ -282,6 +282,9 @@ def test_gelu_with_a_layer_zero_is_bit_equal_and_leaves_the_bias_without_gradien
     gx, gb = jax.grad(loss, argnums=(0, 1))(x, bias)
     np.testing.assert_array_equal(gx, jax.grad(lambda v: jnp.sum(gelu(v) * jnp.cos(v)))(x))
     np.testing.assert_array_equal(gb, np.zeros(16))
+    low = x.astype(jnp.bfloat16)
+    assert gelu(low, layer_zero(bias)).dtype == jnp.bfloat16
+    np.testing.assert_array_equal(gelu(low, layer_zero(bias)), gelu(low))
 
 
 def test_scanned_layers_equal_unrolled_layers_forward_and_gradient():

@@ -36,6 +36,7 @@ def gelu(x, zero=0.0):
     # PyTorch's formula. `jax.nn.gelu(approximate=False)` writes it with erfc, which XLA:CPU
     # evaluates 2.7x slower (two branches selected per element); the two agree to 1.2e-6
     # absolute, float32 rounding of the erf form for very negative x.
+    zero = jnp.asarray(zero, x.dtype)  # a float32 bias must not promote a bfloat16 x
     half, one, inv_sqrt2 = zero + 0.5, zero + 1.0, zero + 1.0 / math.sqrt(2.0)
     return half * x * (one + jax.lax.erf(x * inv_sqrt2))
 
