@@ -329,6 +329,31 @@ def test_rope_matches_rotate_half_reference(head_dim, rot_dims):
     np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_token", [False, True])
+def test_rope_gradient_is_the_inverse_rotation_and_equals_autodiff(per_token):
+    """apply_rope's custom backward (rotation by -angle) against autodiff of the plain
+    slice-and-concatenate formula, for shared tables and per-token (gathered) ones."""
+    from trace_jax.model.rope import apply_rope, rope_tables
+
+    x = jax.random.normal(jax.random.key(1), (2, 5, 3, 16))
+    g = jax.random.normal(jax.random.key(2), x.shape)
+    cos, sin = rope_tables(np.arange(7), 8, 10000.0)
+    if per_token:
+        picked = jnp.asarray([[0, 3, 6, 2, 1], [5, 5, 4, 0, 6]])
+        cos, sin = jnp.asarray(cos)[picked], jnp.asarray(sin)[picked]  # (2, 5, 4)
+    else:
+        cos, sin = cos[:5], sin[:5]
+
+    def plain(x):
+        c, s = jnp.asarray(cos)[..., None, :], jnp.asarray(sin)[..., None, :]
+        a, b, rest = x[..., :4], x[..., 4:8], x[..., 8:]
+        return jnp.concatenate([a * c - b * s, b * c + a * s, rest], axis=-1)
+
+    want = jax.vjp(plain, x)[1](g)[0]
+    got = jax.vjp(lambda x: apply_rope(x, cos, sin), x)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("remat", [False, True])
 def test_summary_only_gives_the_full_cls_and_cit_outputs_and_gradients(remat):
     """The last block computed for [CLS] and the CIT tokens only (what alignment and

@@ -55,37 +55,40 @@ def block_diagonal_attention(
     `query_positions` (B, C, Sq), q.channels (B, C, Sq, H, hd) holds only the queries of those
     tokens of each channel.
     """
-    b, c, s_q, h, _ = q.channels.shape
+    b, c, s_q, h, hd = q.channels.shape
     s = k.channels.shape[2]
+    scale = 1.0 / math.sqrt(hd)
+
+    # [CLS] joins every channel's queries as one more row, so its scores and its weighted sum
+    # of values come out of the channels' two batched products: the keys and values are laid
+    # out head-major once, for both, instead of once more for [CLS]'s own (C*S)-key products.
+    def heads(t):  # (B, C, S, H, hd) -> (B, H, C, S, hd)
+        return t.transpose(0, 3, 1, 2, 4)
+
+    cls_query = jnp.broadcast_to(heads(q.cls[:, None]), (b, h, c, 1, hd))
+    queries = jnp.concatenate([heads(q.channels), cls_query], axis=3)  # (B, H, C, Sq + 1, hd)
+    keys, values = heads(k.channels), heads(v.channels)
+    scores = jnp.einsum("bhcqd,bhckd->bhcqk", queries, keys, preferred_element_type=jnp.float32)
+    scores = scores * scale
     # A query may always read its own key: query i is token i, or token query_positions[..., i].
     if query_positions is None:
         itself = np.eye(s_q, s, dtype=bool)
     else:
         itself = query_positions[..., None] == jnp.arange(s)  # (B, C, Sq, S)
     allowed = key_valid.channels[:, :, None, :] | itself  # (B, C, Sq, S)
-    channels = _attend(
-        q.channels,
-        k.channels,
-        v.channels,
-        allowed[:, :, None],
-        dropout,
-        "bcqhd,bckhd->bchqk",
-        "bchqk,bckhd->bcqhd",
-    )
+    channel_scores = jnp.where(allowed[:, None], scores[:, :, :, :s_q], jnp.finfo(jnp.float32).min)
+    channel_probs = dropout(jax.nn.softmax(channel_scores, axis=-1))  # (B, H, C, Sq, S)
     # [CLS]: scores over its own key and the C*S channel keys, one softmax over both.
-    scale = 1.0 / math.sqrt(q.cls.shape[-1])
     to_self = jnp.einsum("bqhd,bqhd->bhq", q.cls, k.cls, preferred_element_type=jnp.float32)
-    to_channels = jnp.einsum(
-        "bqhd,bcshd->bhqcs", q.cls, k.channels, preferred_element_type=jnp.float32
-    ).reshape(b, h, c * s)
-    scores = jnp.concatenate([to_self, to_channels], axis=-1) * scale
+    cls_scores = jnp.concatenate([to_self * scale, scores[:, :, :, s_q].reshape(b, h, c * s)], -1)
     valid = jnp.concatenate([key_valid.cls, key_valid.channels.reshape(b, c * s)], axis=-1)
-    scores = jnp.where(valid[:, None], scores, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(v.cls.dtype)  # (B, H, 1 + C*S)
-    cls = (
-        jnp.einsum("bhq,bqhd->bqhd", probs[..., :1], v.cls)
-        + jnp.einsum("bhcs,bcshd->bhd", probs[..., 1:].reshape(b, h, c, s), v.channels)[:, None]
-    )
+    cls_scores = jnp.where(valid[:, None], cls_scores, jnp.finfo(jnp.float32).min)
+    cls_probs = dropout(jax.nn.softmax(cls_scores, axis=-1))  # (B, H, 1 + C*S)
+    probs = jnp.concatenate([channel_probs, cls_probs[..., 1:].reshape(b, h, c, 1, s)], axis=3)
+    out = jnp.einsum("bhcqk,bhckd->bhcqd", probs.astype(values.dtype), values)
+    channels = out[:, :, :, :s_q].transpose(0, 2, 3, 1, 4)  # (B, C, Sq, H, hd)
+    to_self_out = jnp.einsum("bhq,bqhd->bqhd", cls_probs[..., :1].astype(v.cls.dtype), v.cls)
+    cls = to_self_out + out[:, :, :, s_q].sum(axis=2)[:, None]
     return Tokens(cls, channels)
 
 
@@ -147,11 +150,16 @@ class ChannelBiasedAttention(nn.Module):
             )
         )
         kernel = jnp.concatenate(kernels, axis=1).astype(self.dtype)  # (d, 3d)
-        bias = jnp.concatenate(biases).astype(self.dtype)  # (3d,)
+        biases = [b.astype(self.dtype).reshape(self.num_heads, hd) for b in biases]
 
         def project(t):
-            qkv = matmul(t.astype(self.dtype), kernel, self.bf16_matmuls) + bias
-            return jnp.unstack(qkv.reshape(*t.shape[:-1], 3, self.num_heads, hd), axis=-3)
+            qkv = matmul(t.astype(self.dtype), kernel, self.bf16_matmuls)
+            parts = jnp.unstack(qkv.reshape(*t.shape[:-1], 3, self.num_heads, hd), axis=-3)
+            # Biases added per part, not to the (3d) product: their gradients then reduce q's
+            # and v's gradients, and the stacked gradient has one reader, the product's
+            # backward, so XLA writes it once (in bfloat16 with bf16_matmuls), not once more
+            # in float32 for a (3d) bias reduction.
+            return [p + b for p, b in zip(parts, biases)]
 
         qkv_cls, qkv_channels = project(x.cls), project(x.channels)
         q, k, v = (Tokens(c, t) for c, t in zip(qkv_cls, qkv_channels))

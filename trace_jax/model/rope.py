@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def rotary_dims(head_dim: int, fraction: float) -> int:
@@ -18,13 +19,36 @@ def rope_tables(positions: np.ndarray, rot_dims: int, base: float):
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def apply_rope(x: jnp.ndarray, cos: np.ndarray, sin: np.ndarray) -> jnp.ndarray:
-    """Rotates x (..., L, H, hd) in the rotate-half convention; dims past rot_dims pass through.
-    cos, sin: (L, rot_dims/2), or (..., L, rot_dims/2) per token."""
+def _rotate(x, cos, sin):
     half = cos.shape[-1]
-    if half == 0:
-        return x
-    cos = jnp.asarray(cos, x.dtype)[..., None, :]
-    sin = jnp.asarray(sin, x.dtype)[..., None, :]
+    cos, sin = cos[..., None, :], sin[..., None, :]
     a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     return jnp.concatenate([a * cos - b * sin, b * cos + a * sin, rest], axis=-1)
+
+
+# The gradient of a rotation is the rotation back: written so, the backward pass is one more
+# slice-and-concatenate like the forward, where autodiff's transpose of the slices is three
+# zero-padded arrays per rotated tensor that XLA materialises and adds.
+@jax.custom_vjp
+def _rope(x, cos, sin):
+    return _rotate(x, cos, sin)
+
+
+def _rope_forward(x, cos, sin):
+    return _rotate(x, cos, sin), (cos, sin)
+
+
+def _rope_backward(tables, g):
+    cos, sin = tables
+    return _rotate(g, cos, -sin), jnp.zeros_like(cos), jnp.zeros_like(sin)
+
+
+_rope.defvjp(_rope_forward, _rope_backward)
+
+
+def apply_rope(x: jnp.ndarray, cos: np.ndarray, sin: np.ndarray) -> jnp.ndarray:
+    """Rotates x (..., L, H, hd) in the rotate-half convention; dims past rot_dims pass through.
+    cos, sin: (L, rot_dims/2), or (..., L, rot_dims/2) per token; they get no gradient."""
+    if cos.shape[-1] == 0:
+        return x
+    return _rope(x, jnp.asarray(cos, x.dtype), jnp.asarray(sin, x.dtype))
