@@ -107,7 +107,11 @@ def test_matches_reference_with_mask_tokens_channel_ids_full_rotation_and_levels
     assert_matches_reference(cfg, params, series, observed, channel_ids, mask_patches)
 
 
-def test_block_diagonal_fast_path_equals_dense_masked_path():
+@pytest.mark.parametrize("rotate_keys", [False, True])
+def test_block_diagonal_fast_path_equals_dense_masked_path(rotate_keys):
+    """With key_rope the fast path rotates the channel keys itself (head-major)."""
+    from trace_jax.model.rope import apply_rope, rope_tables
+
     layout = TokenLayout(num_channels=5, num_patches=3)
     rng = np.random.default_rng(0)
     q, k, v = (
@@ -116,7 +120,13 @@ def test_block_diagonal_fast_path_equals_dense_masked_path():
     key_valid = jnp.asarray(rng.random((2, layout.length)) > 0.3).at[:, 0].set(True)
     identity = lambda p: p
     split = lambda x: Tokens.split(x, layout)
-    fast = block_diagonal_attention(split(q), split(k), split(v), split(key_valid), identity)
+    rope = rope_tables(np.arange(layout.num_patches + 1), 4, 10000.0) if rotate_keys else None
+    fast = block_diagonal_attention(
+        split(q), split(k), split(v), split(key_valid), identity, key_rope=rope
+    )
+    if rotate_keys:
+        k = split(k)
+        k = k._replace(channels=apply_rope(k.channels, *rope)).joined()
     dense = dense_attention(q, k, v, key_valid, layout, "block_diagonal", identity)
     np.testing.assert_allclose(fast.joined(), dense, atol=1e-6, rtol=0)
 

@@ -46,6 +46,7 @@ def block_diagonal_attention(
     key_valid: Tokens,
     dropout: DropoutFn,
     query_positions: Array | None = None,
+    key_rope: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """The block-diagonal mask without building it: cost linear in the number of channels.
 
@@ -53,7 +54,9 @@ def block_diagonal_attention(
     (B, C, S). Channel tokens attend as B*C independent sequences of S tokens (their CIT and
     patches); [CLS] is one query over every key of its sample, itself included. With
     `query_positions` (B, C, Sq), q.channels (B, C, Sq, H, hd) holds only the queries of those
-    tokens of each channel.
+    tokens of each channel. With `key_rope` (cos, sin), each (S, rot/2), the channel keys come
+    unrotated and are rotated here, after their head-major transpose: XLA:CPU then writes
+    them once, where rotating first and transposing after took two passes.
     """
     b, c, s_q, h, hd = q.channels.shape
     s = k.channels.shape[2]
@@ -68,6 +71,8 @@ def block_diagonal_attention(
     cls_query = jnp.broadcast_to(heads(q.cls[:, None]), (b, h, c, 1, hd))
     queries = jnp.concatenate([heads(q.channels), cls_query], axis=3)  # (B, H, C, Sq + 1, hd)
     keys, values = heads(k.channels), heads(v.channels)
+    if key_rope is not None:
+        keys = apply_rope(keys, *key_rope, head_major=True)
     scores = jnp.einsum("bhcqd,bhckd->bhcqk", queries, keys, preferred_element_type=jnp.float32)
     scores = scores * scale
     # A query may always read its own key: query i is token i, or token query_positions[..., i].
@@ -172,12 +177,14 @@ class ChannelBiasedAttention(nn.Module):
             q = q._replace(channels=apply_rope(picked, cos, sin))
         else:
             q = q._replace(channels=apply_rope(q.channels, *rope))
-        k = k._replace(channels=apply_rope(k.channels, *rope))
         drop = Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)
         if self.channel_bias == "block_diagonal":
-            out = block_diagonal_attention(q, k, v, key_valid, dropout, query_positions)
+            out = block_diagonal_attention(
+                q, k, v, key_valid, dropout, query_positions, key_rope=rope
+            )
         else:
+            k = k._replace(channels=apply_rope(k.channels, *rope))
             joined = dense_attention(
                 q.joined(),
                 k.joined(),

@@ -40,9 +40,7 @@ class ChannelCrossAttention(nn.Module):
         # A sample with no valid channel leaves its rows uniform instead of NaN; those rows
         # are excluded from the loss anyway.
         scores = jnp.where(context_valid[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        probs = Dropout(self.dropout_rate)(
-            jax.nn.softmax(scores, -1), deterministic=deterministic
-        )
+        probs = Dropout(self.dropout_rate)(jax.nn.softmax(scores, -1), deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, c, d)
         out = nn.Dense(d, name="out")(out)
         out = Dropout(self.dropout_rate)(out, deterministic=deterministic)

@@ -20,8 +20,8 @@ def rope_tables(positions: np.ndarray, rot_dims: int, base: float):
 
 
 def _rotate(x, cos, sin):
+    """cos, sin broadcast against x[..., :rot_dims/2]."""
     half = cos.shape[-1]
-    cos, sin = cos[..., None, :], sin[..., None, :]
     a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
     return jnp.concatenate([a * cos - b * sin, b * cos + a * sin, rest], axis=-1)
 
@@ -46,9 +46,15 @@ def _rope_backward(tables, g):
 _rope.defvjp(_rope_forward, _rope_backward)
 
 
-def apply_rope(x: jnp.ndarray, cos: np.ndarray, sin: np.ndarray) -> jnp.ndarray:
-    """Rotates x (..., L, H, hd) in the rotate-half convention; dims past rot_dims pass through.
-    cos, sin: (L, rot_dims/2), or (..., L, rot_dims/2) per token; they get no gradient."""
+def apply_rope(
+    x: jnp.ndarray, cos: np.ndarray, sin: np.ndarray, head_major: bool = False
+) -> jnp.ndarray:
+    """Rotates x (..., L, H, hd), or (..., L, hd) when head_major, in the rotate-half
+    convention; dims past rot_dims pass through. cos, sin: (L, rot_dims/2), or
+    (..., L, rot_dims/2) per token; they get no gradient."""
     if cos.shape[-1] == 0:
         return x
-    return _rope(x, jnp.asarray(cos, x.dtype), jnp.asarray(sin, x.dtype))
+    cos, sin = (jnp.asarray(t, x.dtype) for t in (cos, sin))
+    if not head_major:
+        cos, sin = cos[..., None, :], sin[..., None, :]
+    return _rope(x, cos, sin)
