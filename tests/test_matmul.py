@@ -126,16 +126,23 @@ def test_cpu_forward_options_keep_ynnpack_for_bf16_matmuls():
     assert xla_options.encoder_forward(f32, "gpu") == {}
 
 
+def _paper_size_bf16_from_shapes(batch: int):
+    """(config, model, parameter shapes, series shape) of the paper-size encoder with bf16
+    matmuls, 7 channels, T=186; skips off the CPU, whose program structure the tests read."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("XLA:CPU program structure")
+    cfg = EncoderConfig(bf16_matmuls=True, num_channels=8)
+    series = jax.ShapeDtypeStruct((batch, 7, 186), jnp.float32)
+    model = TraceEncoder(cfg)
+    params = jax.eval_shape(lambda s: model.init(jax.random.key(0), s), series)
+    return cfg, model, params, series
+
+
 def test_cpu_embeddings_read_no_materialised_gelu_constants():
     """On XLA:CPU the paper-size bf16 forward fuses each MLP into one YNNPACK call; with GELU's
     constants shared across layers XLA wrote them out as three (tokens, mlp_dim) float32 arrays
     and every layer's fusion read them (activations.layer_zero). Compiled only, from shapes."""
-    if jax.default_backend() != "cpu":
-        pytest.skip("XLA:CPU program structure")
-    cfg = EncoderConfig(bf16_matmuls=True, num_channels=8)
-    series = jax.ShapeDtypeStruct((64, 7, 186), jnp.float32)
-    model = TraceEncoder(cfg)
-    params = jax.eval_shape(lambda s: model.init(jax.random.key(0), s), series)
+    cfg, model, params, series = _paper_size_bf16_from_shapes(batch=64)
     forward = jax.jit(lambda p, s: model.apply(p, s, summary_only=True))
     hlo = forward.lower(params, series).compile(xla_options.encoder_forward(cfg)).as_text()
     assert "ynn_fusion" in hlo
@@ -146,13 +153,9 @@ def test_cpu_training_step_writes_the_qkv_gradient_once_and_pads_nothing():
     """The paper-size bf16 backward on XLA:CPU: the stacked (3d) query/key/value gradient is
     written once, in bfloat16, for its product (biases added per part, so no float32 copy for a
     (3d) bias reduction), and RoPE's backward is a rotation, not zero-padded slices (rope.py).
-    Both were about 7% of the alignment step. Compiled only, from shapes."""
-    if jax.default_backend() != "cpu":
-        pytest.skip("XLA:CPU program structure")
-    cfg = EncoderConfig(bf16_matmuls=True, num_channels=8)
-    series = jax.ShapeDtypeStruct((8, 7, 186), jnp.float32)
-    model = TraceEncoder(cfg)
-    params = jax.eval_shape(lambda s: model.init(jax.random.key(0), s), series)
+    With [CLS] folded into the channels' products, 7% of the alignment step. Compiled only,
+    from shapes."""
+    cfg, model, params, series = _paper_size_bf16_from_shapes(batch=8)
 
     def loss(p, s):
         out = model.apply(p, s, summary_only=True)
@@ -161,7 +164,9 @@ def test_cpu_training_step_writes_the_qkv_gradient_once_and_pads_nothing():
     hlo = jax.jit(jax.grad(loss)).lower(params, series).compile().as_text()
     entry = hlo[hlo.index("\nENTRY") :]  # the scheduled kernels, not their fused insides
     backward = [line for line in entry.splitlines() if "transpose(jvp(" in line]
-    tokens = rf"{series.shape[0]},{series.shape[1]},32|{series.shape[0] * series.shape[1] * 32}"
+    b, c, t = series.shape
+    s = t // cfg.patch_len + 1  # a channel's CIT and patches
+    tokens = rf"{b},{c},{s}|{b * c * s}"
     heads, head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
     qkv = rf"\[(?:{tokens}),(?:{3 * cfg.d_model}|3,{heads},{head_dim})\]"
     stacked = [line for line in backward if re.search(rf"= \w+{qkv}", line)]
