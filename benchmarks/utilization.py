@@ -13,7 +13,8 @@ Two FLOP counts: XLA's own for the compiled step (`cost_analysis()["flops"]`: fo
 optimizer, every elementwise op) and the model's (`model_flops`: 3x the forward matmuls and
 attention products, the usual MFU numerator; no recomputation, no elementwise work).
   CPU: the best of the step's three big matmul shapes ((B*L, d) x (d, d), (d, 4d), (4d, d)) run
-       alone as jnp.dot in the same process is the attainable rate; the last line is
+       alone as jnp.dot in the same process, with the step's operand dtype (bfloat16 under
+       model.bf16_matmuls), is the attainable rate; the last line is
        `cpu_utilization=<achieved / best dot>`.
   GPU: MFU = model FLOPs per second / the card's dense bf16 peak (PEAK_BF16 below, by device
        kind), also against a bf16 8192^3 jnp.dot measured in the same process; the last line is
@@ -26,6 +27,7 @@ No GPU in this process: the script runs the CPU measurement and says so.
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import statistics
 import sys
@@ -91,29 +93,30 @@ def model_flops(model, batch: int, channels: int, time_steps: int) -> float:
 
 
 def best_dot_rate(rows: int, d: int, mlp: int, dtype) -> tuple[float, str]:
-    """FLOP/s of the fastest of the step's three big matmul shapes, run alone."""
+    """FLOP/s of the fastest of the step's three big matmul shapes, run alone, with operands of
+    `dtype` and float32 products (as `model.bf16_matmuls` runs them with bfloat16)."""
     best, shape = 0.0, ""
     for k, n in ((d, d), (d, mlp), (mlp, d)):
-        rate = dot_rate(rows, k, n, dtype)
+        # float32 products: XLA:CPU runs bfloat16 x bfloat16 -> float32 at the bfloat16 rate.
+        rate = dot_rate(rows, k, n, dtype, out_dtype=jnp.float32)
         if rate > best:
             best, shape = rate, f"({rows}, {k}) x ({k}, {n})"
     return best, shape
 
 
-def dot_rate(m: int, k: int, n: int, dtype) -> float:
-    """FLOP/s of one jitted jnp.dot of these shapes on random data (zeros run faster)."""
+def dot_rate(m: int, k: int, n: int, dtype, out_dtype=None) -> float:
+    """FLOP/s of one jitted jnp.dot of these shapes on random data (zeros run faster), its
+    product in `out_dtype` (None: the operands')."""
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (m, k), dtype)
     b = jax.random.normal(kb, (k, n), dtype)
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=out_dtype))
     seconds = timed(lambda: dot(a, b).block_until_ready(), 3, 10)
     return 2.0 * m * k * n / seconds
 
 
 def measure(args, batch_size: int, dtype: str, profile_dir: str = "") -> dict:
     """Compiles and times the real train step at one batch size."""
-    import functools  # pylint: disable=g-import-not-at-top
-
     import ml_collections  # pylint: disable=g-import-not-at-top
 
     from trace_jax.train.align import AlignTask  # pylint: disable=g-import-not-at-top
@@ -177,8 +180,10 @@ def main(argv=None):
     if on_gpu:
         peak = next((v for k, v in PEAK_BF16.items() if k in device.device_kind), None)
         matmul = dot_rate(8192, 8192, 8192, jnp.bfloat16)
-        print(f"bf16 8192^3 jnp.dot: {matmul / 1e12:.0f} TFLOP/s (datasheet peak "
-              f"{(peak or float('nan')) / 1e12:.0f})")
+        print(
+            f"bf16 8192^3 jnp.dot: {matmul / 1e12:.0f} TFLOP/s (datasheet peak "
+            f"{(peak or float('nan')) / 1e12:.0f})"
+        )
     results = []
     for i, b in enumerate(batches):
         last = i == len(batches) - 1
@@ -206,9 +211,12 @@ def main(argv=None):
     model = r["config"].model
     n_patches = -(-args.time_steps // model.patch_len)
     rows = batches[-1] * (1 + args.channels * (n_patches + 1))
-    best, shape = best_dot_rate(rows, model.d_model, model.mlp_dim, jnp.dtype(dtype))
+    # The step's big products take bfloat16 operands with model.bf16_matmuls: measuring a
+    # float32 dot there would put the bar at half the rate the step's kernels can reach.
+    operands = jnp.dtype(jnp.bfloat16 if model.bf16_matmuls else dtype)
+    best, shape = best_dot_rate(rows, model.d_model, model.mlp_dim, operands)
     achieved = r["xla_flops"] / r["seconds"]
-    print(f"best jnp.dot of the step's shapes: {best / 1e9:.1f} GFLOP/s at {shape}")
+    print(f"best jnp.dot of the step's shapes: {best / 1e9:.1f} GFLOP/s at {shape}, {operands}")
     print(f"cpu_utilization={achieved / best:.3f}")
 
 

@@ -504,14 +504,22 @@ def describe(figure: str, impl: str, r: dict, channels: int) -> str:
 
 
 def machine() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family, model and clock: machines sold under
+    one name differ (an "AMD EPYC" here was Zen 5 in some sessions and Zen 4 at half the
+    speed in another)."""
     model = platform.processor() or "cpu"
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        model = names[0] if names else model
+            first_cpu = f.read().split("\n\n")[0].splitlines()
     except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+        return f"{model}, {os.cpu_count()} cores"
+    fields = {key.strip(): value.strip() for key, _, value in (x.partition(":") for x in first_cpu)}
+    details = [f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"]
+    if "cpu MHz" in fields:
+        details.append(f"{float(fields['cpu MHz']):.0f} MHz")
+    if "avx512_bf16" in fields.get("flags", "").split():
+        details.append("avx512_bf16")
+    return f"{fields.get('model name', model)} ({', '.join(details)}), {os.cpu_count()} cores"
 
 
 def main(argv=None) -> int:
