@@ -32,7 +32,6 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import versus_torch  # the child-process settings of the PyTorch comparison
@@ -46,14 +45,8 @@ def weights(d: int, mlp: int) -> dict[str, tuple[int, int]]:
 
 
 def best_seconds(fn, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """The fastest of `repeats` calls after two untimed ones (versus_torch's timing loop)."""
+    return min(versus_torch.time_steps(fn, warmup=2, steps=repeats)["wall"])
 
 
 def jax_rates(args) -> dict:
