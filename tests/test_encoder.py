@@ -237,7 +237,7 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close():
     assert np.abs(out32 - out16).max() < 0.1
 
 
-@pytest.mark.parametrize("policy", ["full", "mlp"])
+@pytest.mark.parametrize("policy", ["full", "mlp", "norms"])
 def test_remat_gives_the_same_outputs_and_gradients(policy):
     series, observed = awkward_inputs(2, 3, 16, seed=4)
     params = random_params(TraceEncoder(TINY), series, seed=4)
@@ -253,8 +253,9 @@ def test_remat_gives_the_same_outputs_and_gradients(policy):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
-def test_remat_mlp_policy_recomputes_fewer_matmuls_than_full():
-    """The 'mlp' policy keeps fc1/fc2 outputs: its backward program holds fewer dots."""
+def test_remat_policies_that_keep_more_recompute_fewer_matmuls_than_full():
+    """'mlp' keeps fc1/fc2 outputs, 'norms' the LayerNorms' normalised outputs (so fc2's and the
+    output projection's are never needed again): their backward programs hold fewer dots."""
     x = jax.random.normal(jax.random.key(0), (2, 3, 24))
     cfg = EncoderConfig(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, num_channels=8)
     params = TraceEncoder(cfg).init(jax.random.key(1), x)
@@ -269,6 +270,7 @@ def test_remat_mlp_policy_recomputes_fewer_matmuls_than_full():
         jax.make_jaxpr(jax.grad(lambda p: jnp.sum(plain.apply(p, x)["cls"] ** 2)))(params)
     ).count("dot_general")
     assert no_remat < dots("mlp") < dots("full")
+    assert no_remat < dots("norms") < dots("full")
 
 
 def test_unknown_remat_policy_is_refused():

@@ -21,6 +21,7 @@ from trace_jax.model.attention import ChannelBiasedAttention
 from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens, take_tokens
 from trace_jax.model.matmul import dense_dot_general
+from trace_jax.model.norm import NORMALISED_NAME, LayerNorm
 from trace_jax.model.patching import patchify
 from trace_jax.model.revin import revin
 from trace_jax.model.rope import rope_tables, rotary_dims
@@ -32,6 +33,7 @@ LAYER_NORM_EPS = 1e-5
 REMAT_POLICIES = {
     "full": None,
     "mlp": jax.checkpoint_policies.save_only_these_names("mlp_hidden", "mlp_out"),
+    "norms": jax.checkpoint_policies.save_only_these_names(NORMALISED_NAME),
 }
 
 
@@ -64,8 +66,10 @@ class EncoderConfig:
     # per layer drops from all intermediates to the block input.
     remat: bool = False
     # What remat keeps: "full" only the block input (the least memory; the backward pass reruns
-    # the whole block); "mlp" also the outputs of fc1 and fc2 (mlp_dim + d_model floats a token
-    # a layer), so the backward pass reruns only attention, a third of the block's matmuls.
+    # the whole block); "norms" also both LayerNorms' normalised outputs (2 d_model floats a
+    # token a layer), so the backward pass reruns neither fc2 nor the attention's output
+    # projection, whose outputs only those LayerNorms read (trace_jax/model/norm.py); "mlp" the
+    # outputs of fc1 and fc2 (mlp_dim + d_model floats), so it reruns only attention.
     remat_policy: str = "full"
     # Run the blocks as one nn.scan over stacked parameters (params["blocks"], leading axis =
     # layer) instead of block_0..block_{n-1}. With remat this is what bounds memory on XLA:CPU,
@@ -202,12 +206,12 @@ class EncoderBlock(nn.Module):
         )(h, layout, key_valid, rope, deterministic, query_positions)
         if query_positions is not None:
             h = h._replace(channels=take_tokens(h.channels, query_positions))
-        attention_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="attention_norm")
+        attention_norm = LayerNorm(LAYER_NORM_EPS, dtype, name="attention_norm")
         h = jax.tree.map(
             lambda x, a: attention_norm(x + drop(a, deterministic=deterministic)), h, attn
         )
         mlp = Mlp(cfg.mlp_dim, dtype, cfg.bf16_matmuls, name="mlp")
-        mlp_norm = nn.LayerNorm(LAYER_NORM_EPS, dtype=dtype, name="mlp_norm")
+        mlp_norm = LayerNorm(LAYER_NORM_EPS, dtype, name="mlp_norm")
         return jax.tree.map(lambda x: mlp_norm(x + drop(mlp(x), deterministic=deterministic)), h)
 
 
