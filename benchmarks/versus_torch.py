@@ -13,8 +13,8 @@ level embedding on, float32, dropout 0.1, block_diagonal attention: configs/pret
 configs/align.py with no variant, the CIT table grown to C when C > 64):
   pretrain  one training step of masked-patch reconstruction (30% of patches, MSE on masked
             observed points) with AdamW, warmup+cosine and clipping, batch 64. Ours is our real
-            step: PretrainTask with trace_jax.train.state's make_optimizer, init_state and
-            make_train_step, jitted with the state donated as trace_jax/train/loop.py does.
+            step: PretrainTask's, built by trace_jax/train/loop.py's build_trainer (the
+            trainer's mesh and shardings, AdamW, the state donated).
   align     one training step of the TRACE alignment loss (sample and channel InfoNCE, 32 hard
             negatives), batch 64: ours is AlignTask through the same functions.
   infer     series embeddings (AlignModel.embed_series: [CLS] and CIT outputs, projected and
@@ -59,7 +59,14 @@ named in the header line:
             `ldconfig -p` lists it (Debian: `apt-get install libgoogle-perftools4`), else uses
             glibc with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages for
             malloc's mappings: fewer, larger faults); `tcmalloc`, `glibc-hugetlb` and `glibc`
-            (plain) force one. `--torch_malloc` gives torch's children another.
+            (plain) force one. `glibc-heap` is glibc with mmap off and no trimming
+            (glibc.malloc.mmap_max=0, trim_threshold 64 GiB): freed blocks stay in its heap and
+            are reused unfaulted, while the peak stays what is live (the C=112 memory figures).
+            `--torch_malloc` gives torch's children another.
+  --cpu_devices  our child splits the CPU into N XLA host devices
+            (--xla_force_host_platform_device_count) and runs the trainer's step data-parallel
+            over them. XLA:CPU runs a batched product (attention's (33 x 64) x (64 x 32) ones)
+            on one thread; with one device per core each half of the batch runs on its own.
   --mkl_intel_path  torch's float32 matmuls are MKL's, and MKL runs its AVX2 kernels on AMD
             CPUs even when they have AVX-512 (Zen 4, Zen 5): `auto` (default) preloads a one-line
             library that makes MKL take its Intel path on AMD CPUs (about 2x on the encoder's
@@ -98,7 +105,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024**3
 TEXT_DIM = 384  # all-MiniLM-L6-v2, our text tower
 FIGURES = ("pretrain", "align", "infer")
-MALLOCS = ("auto", "tcmalloc", "glibc-hugetlb", "glibc")
+MALLOCS = ("auto", "tcmalloc", "glibc-hugetlb", "glibc", "glibc-heap")
 RESULT = "RESULT "
 
 
@@ -115,6 +122,13 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=1,
+        help="host devices our child splits the CPU into (XLA_FLAGS "
+        "--xla_force_host_platform_device_count); the step runs data-parallel over them",
+    )
     parser.add_argument("--attention_dropout", type=float, default=None, help="default: config")
     parser.add_argument("--channel_bias", default=None, help="default: config (block_diagonal)")
     parser.add_argument(
@@ -163,8 +177,11 @@ def parse_args(argv=None):
         parser.error(f"--which must name some of {FIGURES}")
     if not set(args.impls) <= {"jax", "torch"} or not args.impls:
         parser.error("--impls must name jax and/or torch")
-    if min(args.channels, args.time_steps, args.steps, args.threads) < 1 or args.warmup < 0:
-        parser.error("--channels, --time_steps, --steps, --threads must be >= 1")
+    if (
+        min(args.channels, args.time_steps, args.steps, args.threads, args.cpu_devices) < 1
+        or args.warmup < 0
+    ):
+        parser.error("--channels, --time_steps, --steps, --threads, --cpu_devices must be >= 1")
     return args
 
 
@@ -256,28 +273,28 @@ def reset_peak_rss() -> None:
 
 
 def run_jax(figure: str, config: dict, args) -> dict:
-    import functools
-
     import jax
     import ml_collections
 
     from trace_jax import xla_options
     from trace_jax.model.heads import AlignModel
+    from trace_jax.train import loop
+    from trace_jax.train import sharding as shard_lib
     from trace_jax.train.align import AlignTask
     from trace_jax.train.pretrain import PretrainTask
-    from trace_jax.train.state import (
-        init_state,
-        learning_rate_schedule,
-        make_optimizer,
-        make_train_step,
-    )
 
     config = ml_collections.ConfigDict(config)
     task = (PretrainTask if figure == "pretrain" else AlignTask)(config)
     b = config.train.batch_size
-    batch = jax.device_put(make_batch(b, args.channels, args.time_steps))
+    # The trainer's own mesh (config.mesh: every device on the data axis) and jitted step, so
+    # --cpu_devices N runs the step data-parallel over N host devices as a user's run would.
+    mesh = shard_lib.make_mesh(config.mesh)
+    shard_lib.local_batch_size(b, mesh)
+    example = make_batch(b, args.channels, args.time_steps)
+    trainer = loop.build_trainer(config, task, mesh, example)
+    batch = jax.device_put(example, trainer.batch_sharding)
     if figure == "infer":
-        params = jax.jit(task.init_params)(jax.random.key(config.seed), batch)
+        params = trainer.init(batch)["params"]
         embed = jax.jit(
             lambda params, series, observed, ids: task.model.apply(
                 {"params": params["model"]}, series, observed, ids, method=AlignModel.embed_series
@@ -293,14 +310,9 @@ def run_jax(figure: str, config: dict, args) -> dict:
             jax.block_until_ready(compiled(*inputs))
 
     else:
-        optimizer = make_optimizer(config.train)
-        state = jax.jit(functools.partial(init_state, task, optimizer, config.seed))(batch)
-        step = jax.jit(
-            make_train_step(task, optimizer, learning_rate_schedule(config.train)),
-            donate_argnums=0,
-        )
+        state = trainer.init(batch)
         t0 = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
+        compiled = trainer.step.lower(state, batch).compile()
 
         def run_step():
             nonlocal state
@@ -432,6 +444,9 @@ def malloc_settings(choice: str) -> tuple[dict, list[str], str]:
         return env, [tcmalloc], f"tcmalloc (LD_PRELOAD={tcmalloc})"
     if choice == "glibc":
         return {}, [], "glibc malloc, default settings"
+    if choice == "glibc-heap":
+        tunables = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={64 * GIB}"
+        return {"GLIBC_TUNABLES": tunables}, [], f"glibc malloc, {tunables}"
     return {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, [], "glibc malloc, hugetlb=1"
 
 
@@ -444,6 +459,10 @@ def child_envs(args, scratch: str) -> tuple[dict, str]:
     torch_vars, torch_preload, torch_note = malloc_settings(args.torch_malloc or args.malloc)
     notes = [jax_note if jax_note == torch_note else f"ours: {jax_note}; torch: {torch_note}"]
     jax_env = {**env, **jax_vars, "LD_PRELOAD": " ".join(jax_preload)}
+    if args.cpu_devices > 1:
+        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+        jax_env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+        notes.append(f"ours: {args.cpu_devices} host devices, data-parallel")
 
     want_shim = args.mkl_intel_path == "on" or (
         args.mkl_intel_path == "auto" and cpu_vendor() == "AuthenticAMD"
