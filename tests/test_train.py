@@ -211,6 +211,23 @@ def test_sigterm_leaves_a_complete_checkpoint(tmp_path, text_cache_dir):
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
+def test_cpu_devices_splits_the_host_into_that_many_devices(tmp_path, text_cache_dir):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+    def run(n):
+        command = [*main_command(tmp_path / str(n), text_cache_dir, 2), f"--config.cpu_devices={n}"]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+
+    refused = run(3)  # the tiny config's batch of 16 does not split over 3 devices
+    assert refused.returncode != 0
+    assert "batch_size 16 is not divisible by the 3 devices" in refused.stderr
+    negative = run(-1)
+    assert negative.returncode != 0 and "cpu_devices must be >= 0" in negative.stderr
+    finished = run(4)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "final validation" in finished.stdout
+
+
 def test_alignment_starts_from_a_pretraining_checkpoint(tmp_path, text_cache_dir):
     pretrain = tiny_config("pretrain", text_cache_dir)
     train_and_evaluate(pretrain, tmp_path / "pretrain", TASKS["pretrain"](pretrain))

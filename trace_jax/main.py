@@ -96,12 +96,17 @@ def main(argv):
         handler.addFilter(_QuietOrbax())
     from trace_jax import distributed  # pylint: disable=g-import-not-at-top
 
-    distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jax  # pylint: disable=g-import-not-at-top
 
+    config = _CONFIG.value
+    cpu_devices = config.get("cpu_devices", 0)
+    if cpu_devices < 0:
+        sys.exit(f"error: cpu_devices must be >= 0 (0: JAX's default), got {cpu_devices}")
+    if cpu_devices:
+        jax.config.update("jax_num_cpu_devices", cpu_devices)  # before any backend starts
+    distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
-    config = _CONFIG.value
     if config.stage == "export":
         if not _WORKDIR.value:
             sys.exit("error: --workdir (the alignment run to export) is required")
@@ -116,8 +121,7 @@ def main(argv):
     )
     if jax.devices()[0].platform == "cpu" and config.model.d_model >= 384:
         logging.warning(
-            "paper-size model on CPU: expect slow steps; configs/<stage>.py:cpu is "
-            "the CPU variant"
+            "paper-size model on CPU: expect slow steps; configs/<stage>.py:cpu is the CPU variant"
         )
     metrics = train_and_evaluate(config, workdir, task_for(config))
     if jax.process_index() == 0:

@@ -69,6 +69,12 @@ def base_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = pick(2000, 500, 3)
     c.train.keep_checkpoints = 3
 
+    # Host devices JAX splits the CPU into (jax_num_cpu_devices; 0: its default, one, or
+    # XLA_FLAGS' --xla_force_host_platform_device_count); the mesh's batch axes span them.
+    # XLA:CPU runs a batched product (attention's per-channel ones) on one thread, so with
+    # one device per core both cores work through them (BENCHMARKS.md). Accelerators ignore it.
+    c.cpu_devices = 0
+
     # Mesh axis sizes (-1: all remaining devices). The batch splits over data x fsdp;
     # parameters over fsdp (their embed dimension) and model (FFN hidden width, heads).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
