@@ -94,9 +94,9 @@ def main(argv):
     del argv
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietOrbax())
-    from trace_jax import distributed  # pylint: disable=g-import-not-at-top
-
     import jax  # pylint: disable=g-import-not-at-top
+
+    from trace_jax import distributed  # pylint: disable=g-import-not-at-top
 
     config = _CONFIG.value
     cpu_devices = config.get("cpu_devices", 0)

@@ -73,7 +73,8 @@ def base_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
     # XLA_FLAGS' --xla_force_host_platform_device_count); the mesh's batch axes span them.
     # XLA:CPU runs a batched product (attention's per-channel ones) on one thread, so with
     # one device per core both cores work through them: 1.16-1.31x on the paper-size bf16
-    # pretraining step on 2 cores, no change at the :cpu size (BENCHMARKS.md). Accelerators ignore it.
+    # pretraining step on 2 cores, no change at the :cpu size (BENCHMARKS.md). Accelerators
+    # ignore it.
     c.cpu_devices = 0
 
     # Mesh axis sizes (-1: all remaining devices). The batch splits over data x fsdp;
