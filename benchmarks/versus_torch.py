@@ -294,7 +294,7 @@ def run_jax(figure: str, config: dict, args) -> dict:
     trainer = loop.build_trainer(config, task, mesh, example)
     batch = jax.device_put(example, trainer.batch_sharding)
     if figure == "infer":
-        params = trainer.init(batch)["params"]
+        params = jax.jit(task.init_params)(jax.random.key(config.seed), batch)  # no optimizer
         embed = jax.jit(
             lambda params, series, observed, ids: task.model.apply(
                 {"params": params["model"]}, series, observed, ids, method=AlignModel.embed_series
