@@ -63,8 +63,8 @@ named in the header line:
             (glibc.malloc.mmap_max=0, trim_threshold 64 GiB): freed blocks stay in its heap and
             are reused unfaulted, while the peak stays what is live (the C=112 memory figures).
             `--torch_malloc` gives torch's children another.
-  --cpu_devices  our child splits the CPU into N XLA host devices
-            (--xla_force_host_platform_device_count) and runs the trainer's step data-parallel
+  --cpu_devices  our child splits the CPU into N JAX host devices (as config.cpu_devices
+            does for a training run) and runs the trainer's step data-parallel
             over them. XLA:CPU runs a batched product (attention's (33 x 64) x (64 x 32) ones)
             on one thread; with one device per core each half of the batch runs on its own.
   --mkl_intel_path  torch's float32 matmuls are MKL's, and MKL runs its AVX2 kernels on AMD
@@ -126,8 +126,8 @@ def parse_args(argv=None):
         "--cpu_devices",
         type=int,
         default=1,
-        help="host devices our child splits the CPU into (XLA_FLAGS "
-        "--xla_force_host_platform_device_count); the step runs data-parallel over them",
+        help="host devices our child splits the CPU into (config.cpu_devices, "
+        "jax_num_cpu_devices); the step runs data-parallel over them",
     )
     parser.add_argument("--attention_dropout", type=float, default=None, help="default: config")
     parser.add_argument("--channel_bias", default=None, help="default: config (block_diagonal)")
@@ -276,13 +276,14 @@ def run_jax(figure: str, config: dict, args) -> dict:
     import jax
     import ml_collections
 
-    from trace_jax import xla_options
+    from trace_jax import distributed, xla_options
     from trace_jax.model.heads import AlignModel
     from trace_jax.train import loop
     from trace_jax.train import sharding as shard_lib
     from trace_jax.train.align import AlignTask
     from trace_jax.train.pretrain import PretrainTask
 
+    distributed.split_cpu(args.cpu_devices)  # as trace_jax.main does with config.cpu_devices
     config = ml_collections.ConfigDict(config)
     task = (PretrainTask if figure == "pretrain" else AlignTask)(config)
     b = config.train.batch_size
@@ -460,8 +461,6 @@ def child_envs(args, scratch: str) -> tuple[dict, str]:
     notes = [jax_note if jax_note == torch_note else f"ours: {jax_note}; torch: {torch_note}"]
     jax_env = {**env, **jax_vars, "LD_PRELOAD": " ".join(jax_preload)}
     if args.cpu_devices > 1:
-        flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
-        jax_env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
         notes.append(f"ours: {args.cpu_devices} host devices, data-parallel")
 
     want_shim = args.mkl_intel_path == "on" or (

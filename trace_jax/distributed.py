@@ -43,3 +43,12 @@ def maybe_initialize(
     elif (cluster := detected_cluster()) is not None:
         logging.info("%s detected: jax.distributed.initialize()", cluster)
         jax.distributed.initialize()
+
+
+def split_cpu(num_devices: int) -> None:
+    """Makes JAX's CPU backend `num_devices` host devices (0: leave its default). Must run
+    before any JAX computation, like `maybe_initialize`."""
+    if num_devices < 0:
+        raise ValueError(f"cpu_devices must be >= 0 (0: JAX's default), got {num_devices}")
+    if num_devices:
+        jax.config.update("jax_num_cpu_devices", num_devices)

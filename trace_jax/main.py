@@ -94,17 +94,16 @@ def main(argv):
     del argv
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietOrbax())
-    import jax  # pylint: disable=g-import-not-at-top
-
     from trace_jax import distributed  # pylint: disable=g-import-not-at-top
 
     config = _CONFIG.value
-    cpu_devices = config.get("cpu_devices", 0)
-    if cpu_devices < 0:
-        sys.exit(f"error: cpu_devices must be >= 0 (0: JAX's default), got {cpu_devices}")
-    if cpu_devices:
-        jax.config.update("jax_num_cpu_devices", cpu_devices)  # before any backend starts
+    try:
+        distributed.split_cpu(config.get("cpu_devices", 0))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    import jax  # pylint: disable=g-import-not-at-top
+
     from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
     if config.stage == "export":
