@@ -17,10 +17,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 fi
-# The image's jax may be newer than our pin: prefer the pinned flax, fall back to the image's.
-if ! python3 -c "import flax.linen, trace_jax.train.align" 2>"$OUT/import_error.txt"; then
-  echo "pinned flax did not import with this jax (see import_error.txt); using the image's flax"
+# The image's jax may be newer than our pin: prefer the pinned flax if a tiny step trains with
+# it (importing alone does not show an API the step calls at trace time), else the image's.
+smoke() { python3 benchmarks/utilization.py --variant tiny --batch 8 --steps 1 --warmup 1; }
+if ! smoke >"$OUT/smoke.log" 2>&1; then
+  echo "pinned flax failed a tiny step with this jax (see smoke.log); using the image's flax"
   rm -rf /tmp/site/flax /tmp/site/flax-*
+  smoke >>"$OUT/smoke.log" 2>&1 || { echo "tiny step failed with the image's flax too"; tail -20 "$OUT/smoke.log"; }
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
