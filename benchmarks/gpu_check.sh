@@ -6,8 +6,7 @@
 #       --platform any -d .whl ml_collections==1.1.0 flax==0.12.8   # once, here
 #   device run: bash benchmarks/gpu_check.sh   (carry .whl)
 #
-# Checks the cuDNN attention path against the batched one, then prints the alignment step's
-# model FLOPs utilisation in bf16 at several batch sizes (last line
+# Prints the alignment step's model FLOPs utilisation in bf16 at several batch sizes (last line
 # `mfu=<ratio>`, of the largest batch), and where a profiled step's GPU time goes.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
@@ -30,9 +29,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())"
-# The cuDNN attention path against the batched one (tests/test_attention_gpu.py).
-JAX_PLATFORMS= timeout 150 python3 -m pytest -q -s -p no:cacheprovider \
-  tests/test_attention_gpu.py 2>&1 | tail -8 | tee "$OUT/attention_test.log"
 # The optimized HLO of each compiled step, so that the profile's kernels can be traced back to
 # the model code (trace_summary.py --hlo); the last one written is the profiled batch's.
 XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/hlo --xla_dump_hlo_module_re=.*train_step.*" \

@@ -97,62 +97,6 @@ def block_diagonal_attention(
     return Tokens(cls, channels)
 
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
-
-
-def fused_block_diagonal_attention(
-    q: Tokens,
-    k: Tokens,
-    v: Tokens,
-    key_valid: Tokens,
-    key_rope: tuple[np.ndarray, np.ndarray] | None = None,
-    implementation: str = "cudnn",
-):
-    """block_diagonal_attention (all queries, no attention dropout) with each channel's own
-    attention as one fused kernel (cuDNN flash attention on a GPU) over the B*C channels.
-
-    Why: XLA runs the per-channel products as batched matmuls whose batch axes (B, H, C) must
-    lead, so q, k, v and their gradients are transposed head-major and back around them, and
-    softmax, its mask and [CLS]'s score concatenation each take a pass over memory: on an H200
-    those passes cost more than the products. The fused kernel reads the (B*C, S, H, hd)
-    token-major arrays as they are. [CLS], one query over all C*S keys of its sample, stays
-    here: two multiply-reduce passes over the keys and values in their own layout.
-    `implementation` is jax.nn.dot_product_attention's ("xla" runs the same maths anywhere:
-    the tests' reference for the wiring).
-    """
-    if implementation == "cudnn" and jax.default_backend() != "gpu":
-        raise ValueError(
-            f"attention_impl='cudnn' runs on a GPU; this process runs on "
-            f"{jax.default_backend()!r}: use attention_impl='xla'"
-        )
-    b, c, s, h, hd = q.channels.shape
-    scale = 1.0 / math.sqrt(hd)
-    keys = k.channels if key_rope is None else apply_rope(k.channels, *key_rope)
-    allowed = key_valid.channels[:, :, None, :] | np.eye(s, dtype=bool)  # (B, C, S, S)
-    channels = jax.nn.dot_product_attention(
-        q.channels.reshape(b * c, s, h, hd),
-        keys.reshape(b * c, s, h, hd),
-        v.channels.reshape(b * c, s, h, hd),
-        mask=allowed.reshape(b * c, 1, s, s),
-        scale=scale,
-        implementation=implementation,
-    ).reshape(b, c, s, h, hd)
-    # [CLS]: its scores over its own key and the C*S channel keys, one softmax over both.
-    f32 = jnp.float32
-    query = q.cls[:, 0].astype(f32)  # (B, H, hd)
-    to_self = jnp.sum(query * k.cls[:, 0].astype(f32), axis=-1) * scale  # (B, H)
-    to_keys = jnp.sum(query[:, None, None] * keys.astype(f32), axis=-1) * scale  # (B, C, S, H)
-    to_keys = jnp.where(key_valid.channels[..., None], to_keys, jnp.finfo(f32).min)
-    to_keys = to_keys.reshape(b, c * s, h).transpose(0, 2, 1)  # (B, H, C*S)
-    to_self = jnp.where(key_valid.cls, to_self, jnp.finfo(f32).min)  # (B, 1) over heads
-    probs = jax.nn.softmax(jnp.concatenate([to_self[..., None], to_keys], axis=-1), axis=-1)
-    to_keys_probs = probs[..., 1:].transpose(0, 2, 1).reshape(b, c, s, h)
-    cls = probs[..., 0, None] * v.cls[:, 0].astype(f32) + jnp.sum(
-        to_keys_probs[..., None] * v.channels.astype(f32), axis=(1, 2)
-    )
-    return Tokens(cls[:, None].astype(v.cls.dtype), channels)
-
-
 class DenseParams(nn.Module):
     """The kernel (and bias) an `nn.Dense(features)` of that name would create, unapplied."""
 
@@ -183,10 +127,6 @@ class ChannelBiasedAttention(nn.Module):
     dropout_rate: float
     dtype: jnp.dtype
     bf16_matmuls: bool = False
-    # block_diagonal's per-channel attention: "xla" (block_diagonal_attention) or "cudnn"
-    # (fused_block_diagonal_attention; GPU, bfloat16/float16, no attention dropout). Passes
-    # that read a subset of queries (query_positions) always take the XLA path.
-    implementation: str = "xla"
 
     @nn.compact
     def __call__(
@@ -239,13 +179,7 @@ class ChannelBiasedAttention(nn.Module):
             q = q._replace(channels=apply_rope(q.channels, *rope))
         drop = Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)
-        if self.channel_bias == "block_diagonal" and (
-            self.implementation != "xla" and query_positions is None
-        ):
-            out = fused_block_diagonal_attention(
-                q, k, v, key_valid, key_rope=rope, implementation=self.implementation
-            )
-        elif self.channel_bias == "block_diagonal":
+        if self.channel_bias == "block_diagonal":
             out = block_diagonal_attention(
                 q, k, v, key_valid, dropout, query_positions, key_rope=rope
             )

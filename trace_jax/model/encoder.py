@@ -17,7 +17,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from trace_jax.model.activations import gelu, layer_zero
-from trace_jax.model.attention import ATTENTION_IMPLEMENTATIONS, ChannelBiasedAttention
+from trace_jax.model.attention import ChannelBiasedAttention
 from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens, take_tokens
 from trace_jax.model.matmul import dense_dot_general
@@ -52,10 +52,6 @@ class EncoderConfig:
     rope_base: float = 10000.0
     dropout: float = 0.1
     attention_dropout: float = 0.0
-    # How block_diagonal runs each channel's attention: "xla" (batched products; the fastest
-    # on CPUs) or "cudnn" (one fused cuDNN kernel over token-major q, k, v; GPU only, needs a
-    # bfloat16/float16 dtype and attention_dropout 0). Same maths (tested against each other).
-    attention_impl: str = "xla"
     dtype: str = "float32"  # compute dtype; parameters are always float32
     # Round the operands of the blocks' matmuls (query/key/value, attention output, MLP) to
     # bfloat16 and accumulate their products in float32; results come out in `dtype`, so with
@@ -93,21 +89,6 @@ class EncoderConfig:
         for name in ("patch_len", "d_model", "num_heads", "num_layers", "mlp_dim", "num_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, "
-                f"got {self.attention_impl!r}"
-            )
-        if self.attention_impl == "cudnn" and (
-            self.channel_bias != "block_diagonal"
-            or self.attention_dropout
-            or self.dtype not in ("bfloat16", "float16")
-        ):
-            raise ValueError(
-                "attention_impl='cudnn' needs channel_bias='block_diagonal', attention_dropout=0 "
-                f"and dtype bfloat16 or float16; got {self.channel_bias!r}, "
-                f"{self.attention_dropout}, {self.dtype!r}"
-            )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(
                 f"remat_policy must be one of {tuple(REMAT_POLICIES)}, got {self.remat_policy!r}"
@@ -221,7 +202,6 @@ class EncoderBlock(nn.Module):
             cfg.attention_dropout,
             dtype,
             cfg.bf16_matmuls,
-            implementation=cfg.attention_impl,
             name="attention",
         )(h, layout, key_valid, rope, deterministic, query_positions)
         if query_positions is not None:
