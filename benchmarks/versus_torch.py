@@ -79,7 +79,10 @@ named in the header line:
             sleep; it costs little on an idle machine.
 
 The last line is `jax_over_torch=<ratio>`: our samples/s over PyTorch's for the first of
-pretrain, align, infer that both ran (with one side only, a line saying so instead).
+pretrain, align, infer that both ran (with one side only, a line saying so instead); with
+--rounds N, each figure runs ours then torch's N times in turn and the ratio is the median of
+the N rounds' ratios (the machine here drifts by 20% within an hour: a pair run back to back
+sees the same machine, separate runs may not).
 """
 
 from __future__ import annotations
@@ -121,6 +124,14 @@ def parse_args(argv=None):
     parser.add_argument("--time_steps", type=int, default=186)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run ours and torch's children this many times in turn per figure; the ratio is "
+        "the median of the rounds' ratios (each pair ran minutes apart: the machine's drift "
+        "over a longer run cancels)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument(
         "--cpu_devices",
@@ -178,10 +189,13 @@ def parse_args(argv=None):
     if not set(args.impls) <= {"jax", "torch"} or not args.impls:
         parser.error("--impls must name jax and/or torch")
     if (
-        min(args.channels, args.time_steps, args.steps, args.threads, args.cpu_devices) < 1
+        min(args.channels, args.time_steps, args.steps, args.threads, args.cpu_devices, args.rounds)
+        < 1
         or args.warmup < 0
     ):
-        parser.error("--channels, --time_steps, --steps, --threads, --cpu_devices must be >= 1")
+        parser.error(
+            "--channels, --time_steps, --steps, --threads, --cpu_devices, --rounds must be >= 1"
+        )
     return args
 
 
@@ -588,31 +602,42 @@ def compare(args, argv: list[str], scratch: str) -> int:
         flush=True,
     )
 
-    rates, cpu = {}, {}
+    ratios = {}  # figure -> ours/torch samples/s of each round that timed both
     for figure in args.which:
-        for impl in args.impls:
-            result, error = run_child(impl, figure, configs[figure], argv, envs[impl])
-            if error:
-                print(f"{figure:8s} {impl:5s} FAILED: {error}", flush=True)
-                continue
-            rates[figure, impl] = result["batch"] / statistics.median(result["wall"])
-            cpu[figure, impl] = statistics.median(result["cpu"])
-            print(describe(figure, impl, result, args.channels), flush=True)
-        if (figure, "jax") in rates and (figure, "torch") in rates:
+        ratios[figure] = []
+        for round_ in range(args.rounds):
+            rates, cpu = {}, {}
+            for impl in args.impls:
+                result, error = run_child(impl, figure, configs[figure], argv, envs[impl])
+                if error:
+                    print(f"{figure:8s} {impl:5s} FAILED: {error}", flush=True)
+                    continue
+                rates[impl] = result["batch"] / statistics.median(result["wall"])
+                cpu[impl] = statistics.median(result["cpu"])
+                print(describe(figure, impl, result, args.channels), flush=True)
+            if len(rates) == 2:
+                ratios[figure].append(rates["jax"] / rates["torch"])
+                print(
+                    f"{figure:8s} ours/torch samples/s = {ratios[figure][-1]:.2f} (by CPU "
+                    f"seconds per step: {cpu['torch'] / cpu['jax']:.2f})"
+                    + (f"; round {round_ + 1} of {args.rounds}" if args.rounds > 1 else ""),
+                    flush=True,
+                )
+        if len(ratios[figure]) > 1:
             print(
-                f"{figure:8s} ours/torch samples/s = "
-                f"{rates[figure, 'jax'] / rates[figure, 'torch']:.2f} (by CPU seconds per "
-                f"step: {cpu[figure, 'torch'] / cpu[figure, 'jax']:.2f})",
+                f"{figure:8s} ours/torch over {len(ratios[figure])} rounds: median "
+                f"{statistics.median(ratios[figure]):.2f} (each "
+                f"{', '.join(f'{r:.2f}' for r in ratios[figure])})",
                 flush=True,
             )
 
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     # The headline: the first figure (pretrain, align, infer in order) that both sides timed.
-    timed = [f for f in FIGURES if (f, "jax") in rates and (f, "torch") in rates]
+    timed = [f for f in FIGURES if ratios.get(f)]
     if not timed:
         print("jax_over_torch: no figure was timed on both sides", flush=True)
         return 1 if len(args.impls) == 2 else 0  # both asked for: one of them failed
-    print(f"jax_over_torch={rates[timed[0], 'jax'] / rates[timed[0], 'torch']:.2f}", flush=True)
+    print(f"jax_over_torch={statistics.median(ratios[timed[0]]):.2f}", flush=True)
     return 0
 
 
