@@ -4,14 +4,18 @@
 #
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform any -d .whl ml_collections==1.1.0 flax==0.12.8   # once, here
-#   device run: bash benchmarks/gpu_check.sh   (carry .whl)
+#   device run: SMOKE=0 BATCHES=1024 bash benchmarks/gpu_check.sh   (carry .whl; ~5 minutes)
 #
-# Prints the alignment step's model FLOPs utilisation in bf16 at several batch sizes (last line
-# `mfu=<ratio>`, of the largest batch), and where a profiled step's GPU time goes.
+# Checks the Pallas attention kernel against the batched path (tests/test_attention_gpu.py),
+# then, once per attention implementation (ATTENTION_IMPLS, default xla,pallas), prints the
+# alignment step's model FLOPs utilisation in bf16 at each of BATCHES and where a profiled
+# step of the largest batch spends its GPU time; the last lines are `<log>:mfu=<ratio>` per
+# implementation, of the largest batch.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 BATCHES=${BATCHES:-64,256,1024}
+ATTENTION_IMPLS=${ATTENTION_IMPLS:-xla,pallas}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -29,14 +33,23 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())"
-# The optimized HLO of each compiled step, so that the profile's kernels can be traced back to
+# The Pallas attention kernel against the batched path (tests/test_attention_gpu.py).
+JAX_PLATFORMS= timeout 200 python3 -m pytest -q -s -p no:cacheprovider \
+  tests/test_attention_gpu.py 2>&1 | tail -8 | tee "$OUT/attention_test.log"
+# One measurement per attention implementation (ATTENTION_IMPLS, in turn on the same card),
+# each with the optimized HLO of its step, so that the profile's kernels can be traced back to
 # the model code (trace_summary.py --hlo); the last one written is the profiled batch's.
-XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/hlo --xla_dump_hlo_module_re=.*train_step.*" \
-  python3 benchmarks/utilization.py --batch "$BATCHES" --steps 10 --warmup 3 \
-  --profile_dir /tmp/profile "$@" 2>&1 | tee "$OUT/utilization.log"
-cp "$(find /tmp/profile -name perfetto_trace.json.gz | tail -1)" "$OUT/" 2>/dev/null
-hlo=$(ls -t /tmp/hlo/*train_step*after_optimizations.txt 2>/dev/null | head -1)
+for impl in ${ATTENTION_IMPLS//,/ }; do
+  echo "== model.attention_impl='$impl'"
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/hlo_$impl --xla_dump_hlo_module_re=.*train_step.*" \
+    python3 benchmarks/utilization.py --batch "$BATCHES" --steps 10 --warmup 3 \
+    --profile_dir "/tmp/profile_$impl" --set "model.attention_impl='$impl'" "$@" 2>&1 \
+    | tee "$OUT/utilization_$impl.log"
+  hlo=$(ls -t /tmp/hlo_"$impl"/*train_step*after_optimizations.txt 2>/dev/null | head -1)
+  python3 benchmarks/trace_summary.py "/tmp/profile_$impl" --top 30 ${hlo:+--hlo "$hlo"} \
+    > "$OUT/trace_summary_$impl.txt" && tail -45 "$OUT/trace_summary_$impl.txt"
+done
+# The last implementation's raw profile and HLO, for a closer look.
+cp "$(find "/tmp/profile_$impl" -name perfetto_trace.json.gz | tail -1)" "$OUT/" 2>/dev/null
 [ -n "$hlo" ] && gzip -c "$hlo" > "$OUT/step_after_optimizations.txt.gz"
-python3 benchmarks/trace_summary.py /tmp/profile --top 30 ${hlo:+--hlo "$hlo"} \
-  | tee "$OUT/trace_summary.txt"
-grep '^mfu=' "$OUT/utilization.log" | tail -1
+grep -H '^mfu=' "$OUT"/utilization_*.log

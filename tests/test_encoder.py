@@ -11,7 +11,11 @@ import pytest
 from tests.numpy_reference import reference_forward
 from trace_jax.model import EncoderConfig, TraceEncoder
 from trace_jax.model.activations import gelu, layer_zero
-from trace_jax.model.attention import block_diagonal_attention, dense_attention
+from trace_jax.model.attention import (
+    block_diagonal_attention,
+    dense_attention,
+    kernel_block_diagonal_attention,
+)
 from trace_jax.model.layout import TokenLayout, Tokens
 from trace_jax.model.partitioning import logical_axes
 
@@ -129,6 +133,68 @@ def test_block_diagonal_fast_path_equals_dense_masked_path(rotate_keys):
         k = k._replace(channels=apply_rope(k.channels, *rope)).joined()
     dense = dense_attention(q, k, v, key_valid, layout, "block_diagonal", identity)
     np.testing.assert_allclose(fast.joined(), dense, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("rotate_keys", [False, True])
+def test_kernel_block_diagonal_path_equals_batched_path(rotate_keys):
+    """The GPU kernel's path, run in Pallas's interpreter: token-major keys rotated first, the
+    mask, [CLS] by multiply-reduce, 6 tokens a channel padded to the kernel's 16. Values and
+    gradients of q, k, v equal the batched path's; a channel with no valid key but each
+    token itself, and an invalid [CLS] key, are among the cases."""
+    from trace_jax.model.rope import rope_tables
+
+    b, c, s, h, hd = 3, 4, 6, 2, 16
+    rng = np.random.default_rng(1)
+    q, k, v = (
+        Tokens(*(jnp.asarray(rng.normal(size=(b, *n, h, hd)), jnp.float32) for n in ((1,), (c, s))))
+        for _ in range(3)
+    )
+    channels_valid = rng.random((b, c, s)) > 0.3
+    channels_valid[0, 1] = False
+    key_valid = Tokens(jnp.asarray([[True], [False], [True]]), jnp.asarray(channels_valid))
+    rope = rope_tables(np.arange(s), 8, 10000.0) if rotate_keys else None
+
+    def batched(q, k, v):
+        return block_diagonal_attention(q, k, v, key_valid, lambda p: p, key_rope=rope)
+
+    def kernel(q, k, v):
+        return kernel_block_diagonal_attention(q, k, v, key_valid, rope, interpret=True)
+
+    for want, got in zip(jax.tree.leaves(batched(q, k, v)), jax.tree.leaves(kernel(q, k, v))):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    weights = jax.tree.map(lambda t: jnp.asarray(rng.normal(size=t.shape), jnp.float32), q)
+
+    def loss(fn):
+        return lambda *qkv: sum(
+            jnp.sum(w * o) for w, o in zip(jax.tree.leaves(weights), jax.tree.leaves(fn(*qkv)))
+        )
+
+    want = jax.grad(loss(batched), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(attention_impl="flash"),
+        dict(attention_impl="pallas"),  # float32
+        dict(attention_impl="pallas", dtype="bfloat16", attention_dropout=0.1),
+        dict(attention_impl="pallas", dtype="bfloat16", channel_bias="paper"),
+        dict(attention_impl="pallas", dtype="bfloat16", num_heads=8),  # head dimension 4
+    ],
+)
+def test_attention_impl_is_checked(change):
+    with pytest.raises(ValueError, match="attention_impl"):
+        dataclasses.replace(TINY, **change)
+
+
+def test_pallas_attention_outside_a_gpu_says_so():
+    cfg = dataclasses.replace(TINY, attention_impl="pallas", dtype="bfloat16", num_heads=2)
+    series, observed = awkward_inputs(1, 2, 16, seed=0)
+    with pytest.raises(ValueError, match="runs on a GPU"):
+        TraceEncoder(cfg).init(jax.random.key(0), series, observed)
 
 
 def test_block_diagonal_channels_do_not_see_each_other():

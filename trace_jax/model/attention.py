@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trace_jax.model.channel_attention_kernel import channel_attention
 from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import TokenLayout, Tokens, take_tokens
 from trace_jax.model.matmul import dense_dot_general, matmul
@@ -97,6 +98,53 @@ def block_diagonal_attention(
     return Tokens(cls, channels)
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "pallas")
+
+
+def kernel_block_diagonal_attention(
+    q: Tokens,
+    k: Tokens,
+    v: Tokens,
+    key_valid: Tokens,
+    key_rope: tuple[np.ndarray, np.ndarray] | None = None,
+    interpret: bool = False,
+):
+    """block_diagonal_attention (all queries, no attention dropout) with each channel's own
+    attention in one GPU kernel over the token-major arrays (channel_attention_kernel.py says
+    why). [CLS], one query over all C*S keys of its sample, takes two multiply-reduce passes
+    over the keys and values in their own layout. `interpret`: Pallas's interpreter, for the
+    tests on a CPU."""
+    if not interpret and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention_impl='pallas' runs on a GPU; this process runs on "
+            f"{jax.default_backend()!r}: use attention_impl='xla'"
+        )
+    b, c, s, h, hd = q.channels.shape
+    scale = 1.0 / math.sqrt(hd)
+    keys = k.channels if key_rope is None else apply_rope(k.channels, *key_rope)
+    channels = channel_attention(
+        q.channels.reshape(b * c, s, h, hd),
+        keys.reshape(b * c, s, h, hd),
+        v.channels.reshape(b * c, s, h, hd),
+        key_valid.channels.reshape(b * c, s),
+        interpret=interpret,
+    ).reshape(b, c, s, h, hd)
+    # [CLS]: its scores over its own key and the C*S channel keys, one softmax over both.
+    f32 = jnp.float32
+    query = q.cls[:, 0].astype(f32)  # (B, H, hd)
+    to_self = jnp.sum(query * k.cls[:, 0].astype(f32), axis=-1) * scale  # (B, H)
+    to_keys = jnp.sum(query[:, None, None] * keys.astype(f32), axis=-1) * scale  # (B, C, S, H)
+    to_keys = jnp.where(key_valid.channels[..., None], to_keys, jnp.finfo(f32).min)
+    to_keys = to_keys.reshape(b, c * s, h).transpose(0, 2, 1)  # (B, H, C*S)
+    to_self = jnp.where(key_valid.cls, to_self, jnp.finfo(f32).min)  # (B, 1) over heads
+    probs = jax.nn.softmax(jnp.concatenate([to_self[..., None], to_keys], axis=-1), axis=-1)
+    to_keys_probs = probs[..., 1:].transpose(0, 2, 1).reshape(b, c, s, h)
+    cls = probs[..., 0, None] * v.cls[:, 0].astype(f32) + jnp.sum(
+        to_keys_probs[..., None] * v.channels.astype(f32), axis=(1, 2)
+    )
+    return Tokens(cls[:, None].astype(v.cls.dtype), channels)
+
+
 class DenseParams(nn.Module):
     """The kernel (and bias) an `nn.Dense(features)` of that name would create, unapplied."""
 
@@ -127,6 +175,10 @@ class ChannelBiasedAttention(nn.Module):
     dropout_rate: float
     dtype: jnp.dtype
     bf16_matmuls: bool = False
+    # block_diagonal's per-channel attention: "xla" (block_diagonal_attention) or "pallas"
+    # (kernel_block_diagonal_attention; GPU). Passes that read a subset of queries
+    # (query_positions) take the XLA path either way.
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(
@@ -179,7 +231,11 @@ class ChannelBiasedAttention(nn.Module):
             q = q._replace(channels=apply_rope(q.channels, *rope))
         drop = Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)
-        if self.channel_bias == "block_diagonal":
+        if self.channel_bias == "block_diagonal" and (
+            self.implementation == "pallas" and query_positions is None
+        ):
+            out = kernel_block_diagonal_attention(q, k, v, key_valid, key_rope=rope)
+        elif self.channel_bias == "block_diagonal":
             out = block_diagonal_attention(
                 q, k, v, key_valid, dropout, query_positions, key_rope=rope
             )

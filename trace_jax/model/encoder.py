@@ -17,7 +17,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from trace_jax.model.activations import gelu, layer_zero
-from trace_jax.model.attention import ChannelBiasedAttention
+from trace_jax.model.attention import ATTENTION_IMPLEMENTATIONS, ChannelBiasedAttention
 from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens, take_tokens
 from trace_jax.model.matmul import dense_dot_general
@@ -52,6 +52,10 @@ class EncoderConfig:
     rope_base: float = 10000.0
     dropout: float = 0.1
     attention_dropout: float = 0.0
+    # How block_diagonal runs each channel's attention: "xla" (batched products; the CPU's
+    # choice) or "pallas" (one Triton kernel over token-major q, k, v; GPU only, needs a
+    # bfloat16/float16 dtype, attention_dropout 0 and a power-of-two head dimension >= 16).
+    attention_impl: str = "xla"
     dtype: str = "float32"  # compute dtype; parameters are always float32
     # Round the operands of the blocks' matmuls (query/key/value, attention output, MLP) to
     # bfloat16 and accumulate their products in float32; results come out in `dtype`, so with
@@ -89,6 +93,25 @@ class EncoderConfig:
         for name in ("patch_len", "d_model", "num_heads", "num_layers", "mlp_dim", "num_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                f"got {self.attention_impl!r}"
+            )
+        head_dim = self.d_model // self.num_heads
+        if self.attention_impl == "pallas" and (
+            self.channel_bias != "block_diagonal"
+            or self.attention_dropout
+            or self.dtype not in ("bfloat16", "float16")
+            or head_dim < 16
+            or head_dim & (head_dim - 1)
+        ):
+            raise ValueError(
+                "attention_impl='pallas' needs channel_bias='block_diagonal', "
+                "attention_dropout=0, dtype bfloat16 or float16 and a power-of-two head "
+                f"dimension >= 16; got {self.channel_bias!r}, {self.attention_dropout}, "
+                f"{self.dtype!r}, head dimension {head_dim}"
+            )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(
                 f"remat_policy must be one of {tuple(REMAT_POLICIES)}, got {self.remat_policy!r}"
@@ -202,6 +225,7 @@ class EncoderBlock(nn.Module):
             cfg.attention_dropout,
             dtype,
             cfg.bf16_matmuls,
+            implementation=cfg.attention_impl,
             name="attention",
         )(h, layout, key_valid, rope, deterministic, query_positions)
         if query_positions is not None:
