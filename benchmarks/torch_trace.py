@@ -56,7 +56,7 @@ CHANNEL_BIAS_MODES = ("block_diagonal", "paper", "full")
 # (quadratic in C: out of memory with attention dropout at 112 channels).
 ATTENTION_LAYOUTS = ("split", "dense")
 # EncoderConfig fields that change how ours computes, not what: this model keeps activations.
-IMPLEMENTATION_ONLY = ("remat", "remat_policy", "scan_layers")
+IMPLEMENTATION_ONLY = ("remat", "remat_policy", "scan_layers", "attention_impl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +93,8 @@ class TorchTraceConfig:
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> "TorchTraceConfig":
-        """From an EncoderConfig-style mapping. Fields that only choose how ours trades memory
-        for time (remat, remat_policy, scan_layers) compute the same function and are dropped; any other
+        """From an EncoderConfig-style mapping. Fields that only choose how ours runs the same
+        function (remat, remat_policy, scan_layers, attention_impl) are dropped; any other
         field this class lacks is an error, so a new model option cannot be ignored silently."""
         m = dict(m)
         if m.pop("dtype", "float32") != "float32":
