@@ -327,7 +327,10 @@ def run_jax(figure: str, config: dict, args) -> dict:
     else:
         state = trainer.init(batch)
         t0 = time.perf_counter()
-        compiled = trainer.step.lower(state, batch).compile()
+        # Traced with the mesh set, as train_and_evaluate does: the sharding constraints inside
+        # the model and the loss only apply under it.
+        with jax.set_mesh(mesh):
+            compiled = trainer.step.lower(state, batch).compile()
 
         def run_step():
             nonlocal state

@@ -190,6 +190,27 @@ def test_attention_impl_is_checked(change):
         dataclasses.replace(TINY, **change)
 
 
+def test_pallas_attention_lowers_to_triton_kernels_for_a_gpu(monkeypatch):
+    """The encoder's gradient with attention_impl='pallas', lowered for CUDA on this CPU: each
+    block's forward and backward attention become one Triton kernel (Pallas's default GPU
+    backend, Mosaic GPU, rejects these tiles; this is where that would show without a GPU)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    cfg = dataclasses.replace(TINY, attention_impl="pallas", dtype="bfloat16", num_heads=2)
+    series, observed = awkward_inputs(2, 3, 18, seed=0)
+    params = jax.eval_shape(
+        lambda: TraceEncoder(dataclasses.replace(cfg, attention_impl="xla")).init(
+            jax.random.key(0), series, observed
+        )
+    )
+
+    def loss(params):
+        out = TraceEncoder(cfg).apply(params, series, observed)
+        return jnp.sum(out["channels"].astype(jnp.float32) ** 2)
+
+    lowered = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2 * cfg.num_layers
+
+
 def test_pallas_attention_outside_a_gpu_says_so():
     cfg = dataclasses.replace(TINY, attention_impl="pallas", dtype="bfloat16", num_heads=2)
     series, observed = awkward_inputs(1, 2, 16, seed=0)

@@ -76,6 +76,8 @@ def _call(kernel, like, q, k, v, valid, *more, interpret):
         in_specs=[tiles, tiles, tiles, mask, *(tiles for _ in more)],
         out_specs=[tiles for _ in like],
         interpret=interpret,
+        # Triton, not JAX's default GPU backend (Mosaic GPU), whose loads need 128 elements.
+        compiler_params=pltriton.CompilerParams(),
     )(q, k, v, valid, *more)
 
 
