@@ -231,9 +231,8 @@ class ChannelBiasedAttention(nn.Module):
             q = q._replace(channels=apply_rope(q.channels, *rope))
         drop = Dropout(self.dropout_rate)
         dropout = lambda p: drop(p, deterministic=deterministic)
-        if self.channel_bias == "block_diagonal" and (
-            self.implementation == "pallas" and query_positions is None
-        ):
+        fused = self.implementation == "pallas" and query_positions is None
+        if self.channel_bias == "block_diagonal" and fused:
             out = kernel_block_diagonal_attention(q, k, v, key_valid, key_rope=rope)
         elif self.channel_bias == "block_diagonal":
             out = block_diagonal_attention(

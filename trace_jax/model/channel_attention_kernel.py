@@ -28,12 +28,17 @@ from jax.experimental.pallas import triton as pltriton
 MIN_TILE = 16
 
 
+def is_tile_size(n: int) -> bool:
+    """Whether n can be a tile side as it is (the head dimension must; S is padded)."""
+    return n >= MIN_TILE and not n & (n - 1)
+
+
 def channel_attention(q, k, v, key_valid, *, interpret: bool = False):
     """softmax(q k^T / sqrt(hd)) v per sequence and head: q, k, v (N, S, H, hd); key_valid
     (N, S) bool. Query i reads key j when key_valid[:, j] or i == j (a query always reads
     itself, so no row is empty). Differentiable in q, k, v."""
-    n, s, h, hd = q.shape
-    if hd < MIN_TILE or hd & (hd - 1):
+    s, hd = q.shape[1], q.shape[3]
+    if not is_tile_size(hd):
         raise ValueError(f"the head dimension must be a power of two >= {MIN_TILE}, got {hd}")
     tile = max(MIN_TILE, pl.next_power_of_2(s))
     if tile != s:  # padded keys are invalid; padded queries' rows are dropped below

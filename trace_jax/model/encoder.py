@@ -18,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from trace_jax.model.activations import gelu, layer_zero
 from trace_jax.model.attention import ATTENTION_IMPLEMENTATIONS, ChannelBiasedAttention
+from trace_jax.model.channel_attention_kernel import MIN_TILE, is_tile_size
 from trace_jax.model.dropout import Dropout
 from trace_jax.model.layout import CHANNEL_BIAS_MODES, TokenLayout, Tokens, take_tokens
 from trace_jax.model.matmul import dense_dot_general
@@ -103,13 +104,12 @@ class EncoderConfig:
             self.channel_bias != "block_diagonal"
             or self.attention_dropout
             or self.dtype not in ("bfloat16", "float16")
-            or head_dim < 16
-            or head_dim & (head_dim - 1)
+            or not is_tile_size(head_dim)
         ):
             raise ValueError(
                 "attention_impl='pallas' needs channel_bias='block_diagonal', "
                 "attention_dropout=0, dtype bfloat16 or float16 and a power-of-two head "
-                f"dimension >= 16; got {self.channel_bias!r}, {self.attention_dropout}, "
+                f"dimension >= {MIN_TILE}; got {self.channel_bias!r}, {self.attention_dropout}, "
                 f"{self.dtype!r}, head dimension {head_dim}"
             )
         if self.remat_policy not in REMAT_POLICIES:
