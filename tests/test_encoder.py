@@ -135,24 +135,39 @@ def test_block_diagonal_fast_path_equals_dense_masked_path(rotate_keys):
     np.testing.assert_allclose(fast.joined(), dense, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("rotate_keys", [False, True])
-def test_kernel_block_diagonal_path_equals_batched_path(rotate_keys):
-    """The GPU kernel's path, run in Pallas's interpreter: token-major keys rotated first, the
-    mask, [CLS] by multiply-reduce, 6 tokens a channel padded to the kernel's 16. Values and
-    gradients of q, k, v equal the batched path's; a channel with no valid key but each
-    token itself, and an invalid [CLS] key, are among the cases."""
+def kernel_case(b=3, c=4, s=6, h=2, hd=16, rotate_keys=True, seed=1):
+    """q, k, v (Tokens), key_valid, rope and weights for a loss of the attention's outputs: 6
+    tokens a channel (padded to the kernel's 16), a channel with no valid key but each token
+    itself, an invalid [CLS] key."""
     from trace_jax.model.rope import rope_tables
 
-    b, c, s, h, hd = 3, 4, 6, 2, 16
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     q, k, v = (
         Tokens(*(jnp.asarray(rng.normal(size=(b, *n, h, hd)), jnp.float32) for n in ((1,), (c, s))))
         for _ in range(3)
     )
     channels_valid = rng.random((b, c, s)) > 0.3
     channels_valid[0, 1] = False
-    key_valid = Tokens(jnp.asarray([[True], [False], [True]]), jnp.asarray(channels_valid))
+    cls_valid = np.arange(b)[:, None] != 1
+    key_valid = Tokens(jnp.asarray(cls_valid), jnp.asarray(channels_valid))
     rope = rope_tables(np.arange(s), 8, 10000.0) if rotate_keys else None
+    weights = jax.tree.map(lambda t: jnp.asarray(rng.normal(size=t.shape), jnp.float32), q)
+    return (q, k, v), key_valid, rope, weights
+
+
+def weighted_sum_of(attention, weights):
+    """A scalar of every output of `attention(q, k, v)`, for gradients."""
+    return lambda *qkv: sum(
+        jnp.sum(w * o) for w, o in zip(jax.tree.leaves(weights), jax.tree.leaves(attention(*qkv)))
+    )
+
+
+@pytest.mark.parametrize("rotate_keys", [False, True])
+def test_kernel_block_diagonal_path_equals_batched_path(rotate_keys):
+    """The GPU kernel's path, run in Pallas's interpreter: token-major keys rotated first, the
+    mask, [CLS] by multiply-reduce, padding. Values and gradients of q, k, v equal the batched
+    path's (kernel_case lists the awkward cases)."""
+    qkv, key_valid, rope, weights = kernel_case(rotate_keys=rotate_keys)
 
     def batched(q, k, v):
         return block_diagonal_attention(q, k, v, key_valid, lambda p: p, key_rope=rope)
@@ -160,19 +175,46 @@ def test_kernel_block_diagonal_path_equals_batched_path(rotate_keys):
     def kernel(q, k, v):
         return kernel_block_diagonal_attention(q, k, v, key_valid, rope, interpret=True)
 
-    for want, got in zip(jax.tree.leaves(batched(q, k, v)), jax.tree.leaves(kernel(q, k, v))):
+    for want, got in zip(jax.tree.leaves(batched(*qkv)), jax.tree.leaves(kernel(*qkv))):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-    weights = jax.tree.map(lambda t: jnp.asarray(rng.normal(size=t.shape), jnp.float32), q)
-
-    def loss(fn):
-        return lambda *qkv: sum(
-            jnp.sum(w * o) for w, o in zip(jax.tree.leaves(weights), jax.tree.leaves(fn(*qkv)))
-        )
-
-    want = jax.grad(loss(batched), argnums=(0, 1, 2))(q, k, v)
-    got = jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(weighted_sum_of(batched, weights), argnums=(0, 1, 2))(*qkv)
+    got = jax.grad(weighted_sum_of(kernel, weights), argnums=(0, 1, 2))(*qkv)
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+
+
+def test_kernel_runs_on_each_devices_own_sequences_and_heads():
+    """Under the trainer's mesh and rules (batch over data x fsdp, heads over model) the kernel
+    runs inside shard_map: values and gradients as on one device, and nothing is gathered (a
+    pallas_call left to XLA's partitioner has its operands gathered whole onto every device)."""
+    import flax.linen as nn
+
+    from trace_jax.train import sharding as shard_lib
+
+    qkv, key_valid, rope, weights = kernel_case(b=4, c=3, h=2)
+
+    def kernel(q, k, v):
+        return kernel_block_diagonal_attention(q, k, v, key_valid, rope, interpret=True)
+
+    loss = weighted_sum_of(kernel, weights)
+    want_out, want_grads = kernel(*qkv), jax.grad(loss, argnums=(0, 1, 2))(*qkv)
+    mesh = shard_lib.make_mesh({"data": 2, "fsdp": 2, "model": 2})
+
+    def split(*names):  # batch over data x fsdp, heads over model
+        return jax.sharding.NamedSharding(mesh, jax.P(shard_lib.BATCH_AXES, *names))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shard_lib.DEFAULT_RULES):
+        tokens = Tokens(split(None, "model", None), split(None, None, "model", None))
+        qkv = jax.device_put(qkv, (tokens,) * 3)
+        forward = jax.jit(kernel).lower(*qkv).compile()
+        backward = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*qkv).compile()
+        got_out, got_grads = forward(*qkv), backward(*qkv)
+    for program in (forward, backward):
+        assert "all-gather" not in program.as_text()
+    for want, got in zip(
+        jax.tree.leaves((want_out, want_grads)), jax.tree.leaves((got_out, got_grads))
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -190,13 +232,21 @@ def test_attention_impl_is_checked(change):
         dataclasses.replace(TINY, **change)
 
 
-def test_pallas_attention_lowers_to_triton_kernels_for_a_gpu(monkeypatch):
+@pytest.mark.parametrize("mesh_axes", [None, {"data": 2, "fsdp": 2, "model": 2}])
+def test_pallas_attention_lowers_to_triton_kernels_for_a_gpu(monkeypatch, mesh_axes):
     """The encoder's gradient with attention_impl='pallas', lowered for CUDA on this CPU: each
     block's forward and backward attention become one Triton kernel (Pallas's default GPU
-    backend, Mosaic GPU, rejects these tiles; this is where that would show without a GPU)."""
+    backend, Mosaic GPU, rejects these tiles; this is where that would show without a GPU).
+    Under the trainer's mesh and rules each kernel sits in its own per-device computation."""
+    import contextlib
+
+    import flax.linen as nn
+
+    from trace_jax.train import sharding as shard_lib
+
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     cfg = dataclasses.replace(TINY, attention_impl="pallas", dtype="bfloat16", num_heads=2)
-    series, observed = awkward_inputs(2, 3, 18, seed=0)
+    series, observed = awkward_inputs(4, 3, 18, seed=0)
     params = jax.eval_shape(
         lambda: TraceEncoder(dataclasses.replace(cfg, attention_impl="xla")).init(
             jax.random.key(0), series, observed
@@ -207,8 +257,14 @@ def test_pallas_attention_lowers_to_triton_kernels_for_a_gpu(monkeypatch):
         out = TraceEncoder(cfg).apply(params, series, observed)
         return jnp.sum(out["channels"].astype(jnp.float32) ** 2)
 
-    lowered = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("cuda",))
-    assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2 * cfg.num_layers
+    context = contextlib.ExitStack()
+    if mesh_axes:
+        context.enter_context(jax.set_mesh(shard_lib.make_mesh(mesh_axes)))
+        context.enter_context(nn.logical_axis_rules(shard_lib.DEFAULT_RULES))
+    with context:
+        text = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 2 * cfg.num_layers
+    assert text.count("sdy.manual_computation") == (2 * cfg.num_layers if mesh_axes else 0)
 
 
 def test_pallas_attention_outside_a_gpu_says_so():

@@ -5,6 +5,7 @@ Every query may always read itself, so no row is empty and no mask pattern yield
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from trace_jax.model.channel_attention_kernel import channel_attention
 from trace_jax.model.dropout import Dropout
@@ -101,6 +103,35 @@ def block_diagonal_attention(
 ATTENTION_IMPLEMENTATIONS = ("xla", "pallas")
 
 
+def _channel_attention_per_device(q, k, v, key_valid, interpret: bool):
+    """channel_attention of (N, S, H, hd) q, k, v, each device running its own sequences and
+    heads under the mesh of `jax.set_mesh`, split as the logical axis rules split "batch" and
+    "heads" (the trainer's rules; whole without them).
+
+    Why: a pallas_call has no partitioning rule, so under a multi-device mesh XLA would gather
+    q, k and v whole onto every device and run every sequence there. An axis that does not
+    divide its dimension leaves that dimension whole on every device.
+    """
+    attention = functools.partial(channel_attention, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return attention(q, k, v, key_valid)
+
+    def dividing(axes, n):
+        names = (axes,) if isinstance(axes, str) else axes or ()
+        return axes if names and n % math.prod(mesh.shape[a] for a in names) == 0 else None
+
+    names = nn.logical_to_mesh_axes(("batch", None, "heads", None))
+    tiles = P(*(dividing(axes, n) for axes, n in zip(names, q.shape)))
+    # check_vma=False: pallas_call does not say which mesh axes its outputs vary over.
+    return jax.shard_map(
+        attention,
+        in_specs=(tiles, tiles, tiles, P(tiles[0], None)),
+        out_specs=tiles,
+        check_vma=False,
+    )(q, k, v, key_valid)
+
+
 def kernel_block_diagonal_attention(
     q: Tokens,
     k: Tokens,
@@ -122,12 +153,12 @@ def kernel_block_diagonal_attention(
     b, c, s, h, hd = q.channels.shape
     scale = 1.0 / math.sqrt(hd)
     keys = k.channels if key_rope is None else apply_rope(k.channels, *key_rope)
-    channels = channel_attention(
+    channels = _channel_attention_per_device(
         q.channels.reshape(b * c, s, h, hd),
         keys.reshape(b * c, s, h, hd),
         v.channels.reshape(b * c, s, h, hd),
         key_valid.channels.reshape(b * c, s),
-        interpret=interpret,
+        interpret,
     ).reshape(b, c, s, h, hd)
     # [CLS]: its scores over its own key and the C*S channel keys, one softmax over both.
     f32 = jnp.float32
