@@ -183,10 +183,12 @@ def test_kernel_block_diagonal_path_equals_batched_path(rotate_keys):
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
 
 
-def test_kernel_runs_on_each_devices_own_sequences_and_heads():
+@pytest.mark.parametrize("model_axis", [2, 4])
+def test_kernel_runs_on_each_devices_own_sequences_and_heads(model_axis):
     """Under the trainer's mesh and rules (batch over data x fsdp, heads over model) the kernel
     runs inside shard_map: values and gradients as on one device, and nothing is gathered (a
-    pallas_call left to XLA's partitioner has its operands gathered whole onto every device)."""
+    pallas_call left to XLA's partitioner has its operands gathered whole onto every device).
+    With 4 model devices for 2 heads, the heads stay whole on each device (still exact)."""
     import flax.linen as nn
 
     from trace_jax.train import sharding as shard_lib
@@ -198,13 +200,14 @@ def test_kernel_runs_on_each_devices_own_sequences_and_heads():
 
     loss = weighted_sum_of(kernel, weights)
     want_out, want_grads = kernel(*qkv), jax.grad(loss, argnums=(0, 1, 2))(*qkv)
-    mesh = shard_lib.make_mesh({"data": 2, "fsdp": 2, "model": 2})
+    mesh = shard_lib.make_mesh({"data": 2, "fsdp": 4 // model_axis, "model": model_axis})
+    heads = "model" if model_axis == 2 else None  # 2 heads
 
-    def split(*names):  # batch over data x fsdp, heads over model
+    def split(*names):  # batch over data x fsdp, heads over model where they divide
         return jax.sharding.NamedSharding(mesh, jax.P(shard_lib.BATCH_AXES, *names))
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(shard_lib.DEFAULT_RULES):
-        tokens = Tokens(split(None, "model", None), split(None, None, "model", None))
+        tokens = Tokens(split(None, heads, None), split(None, None, heads, None))
         qkv = jax.device_put(qkv, (tokens,) * 3)
         forward = jax.jit(kernel).lower(*qkv).compile()
         backward = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*qkv).compile()

@@ -109,17 +109,19 @@ def _channel_attention_per_device(q, k, v, key_valid, interpret: bool):
     "heads" (the trainer's rules; whole without them).
 
     Why: a pallas_call has no partitioning rule, so under a multi-device mesh XLA would gather
-    q, k and v whole onto every device and run every sequence there. An axis that does not
-    divide its dimension leaves that dimension whole on every device.
+    q, k and v whole onto every device and run every sequence there. A dimension whose mesh
+    axes are missing from the mesh or do not divide it stays whole on every device.
     """
     attention = functools.partial(channel_attention, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return attention(q, k, v, key_valid)
 
-    def dividing(axes, n):
+    def dividing(axes, n):  # None for an axis this mesh lacks or whose size does not divide n
         names = (axes,) if isinstance(axes, str) else axes or ()
-        return axes if names and n % math.prod(mesh.shape[a] for a in names) == 0 else None
+        if not names or any(a not in mesh.shape for a in names):
+            return None
+        return axes if n % math.prod(mesh.shape[a] for a in names) == 0 else None
 
     names = nn.logical_to_mesh_axes(("batch", None, "heads", None))
     tiles = P(*(dividing(axes, n) for axes, n in zip(names, q.shape)))
