@@ -1,8 +1,10 @@
 """The Flax encoder against the independent float64 numpy reference, and its input contract."""
 
+import contextlib
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from trace_jax.model.attention import (
 )
 from trace_jax.model.layout import TokenLayout, Tokens
 from trace_jax.model.partitioning import logical_axes
+from trace_jax.train import sharding as shard_lib
 
 TINY = EncoderConfig(
     patch_len=4, d_model=32, num_heads=4, num_layers=2, mlp_dim=64, num_channels=8, dropout=0.0
@@ -162,6 +165,15 @@ def weighted_sum_of(attention, weights):
     )
 
 
+@contextlib.contextmanager
+def trainer_mesh(axis_sizes):
+    """The trainer's mesh of these axis sizes with its logical axis rules (batch over data x
+    fsdp, heads over model), as train_and_evaluate traces the model."""
+    mesh = shard_lib.make_mesh(axis_sizes)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shard_lib.DEFAULT_RULES):
+        yield mesh
+
+
 @pytest.mark.parametrize("rotate_keys", [False, True])
 def test_kernel_block_diagonal_path_equals_batched_path(rotate_keys):
     """The GPU kernel's path, run in Pallas's interpreter: token-major keys rotated first, the
@@ -189,10 +201,6 @@ def test_kernel_runs_on_each_devices_own_sequences_and_heads(model_axis):
     runs inside shard_map: values and gradients as on one device, and nothing is gathered (a
     pallas_call left to XLA's partitioner has its operands gathered whole onto every device).
     With 4 model devices for 2 heads, the heads stay whole on each device (still exact)."""
-    import flax.linen as nn
-
-    from trace_jax.train import sharding as shard_lib
-
     qkv, key_valid, rope, weights = kernel_case(b=4, c=3, h=2)
 
     def kernel(q, k, v):
@@ -200,13 +208,13 @@ def test_kernel_runs_on_each_devices_own_sequences_and_heads(model_axis):
 
     loss = weighted_sum_of(kernel, weights)
     want_out, want_grads = kernel(*qkv), jax.grad(loss, argnums=(0, 1, 2))(*qkv)
-    mesh = shard_lib.make_mesh({"data": 2, "fsdp": 4 // model_axis, "model": model_axis})
     heads = "model" if model_axis == 2 else None  # 2 heads
 
-    def split(*names):  # batch over data x fsdp, heads over model where they divide
-        return jax.sharding.NamedSharding(mesh, jax.P(shard_lib.BATCH_AXES, *names))
+    with trainer_mesh({"data": 2, "fsdp": 4 // model_axis, "model": model_axis}) as mesh:
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shard_lib.DEFAULT_RULES):
+        def split(*names):  # batch over data x fsdp, heads over model where they divide
+            return jax.sharding.NamedSharding(mesh, jax.P(shard_lib.BATCH_AXES, *names))
+
         tokens = Tokens(split(None, heads, None), split(None, None, heads, None))
         qkv = jax.device_put(qkv, (tokens,) * 3)
         forward = jax.jit(kernel).lower(*qkv).compile()
@@ -241,12 +249,6 @@ def test_pallas_attention_lowers_to_triton_kernels_for_a_gpu(monkeypatch, mesh_a
     block's forward and backward attention become one Triton kernel (Pallas's default GPU
     backend, Mosaic GPU, rejects these tiles; this is where that would show without a GPU).
     Under the trainer's mesh and rules each kernel sits in its own per-device computation."""
-    import contextlib
-
-    import flax.linen as nn
-
-    from trace_jax.train import sharding as shard_lib
-
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     cfg = dataclasses.replace(TINY, attention_impl="pallas", dtype="bfloat16", num_heads=2)
     series, observed = awkward_inputs(4, 3, 18, seed=0)
@@ -260,11 +262,7 @@ def test_pallas_attention_lowers_to_triton_kernels_for_a_gpu(monkeypatch, mesh_a
         out = TraceEncoder(cfg).apply(params, series, observed)
         return jnp.sum(out["channels"].astype(jnp.float32) ** 2)
 
-    context = contextlib.ExitStack()
-    if mesh_axes:
-        context.enter_context(jax.set_mesh(shard_lib.make_mesh(mesh_axes)))
-        context.enter_context(nn.logical_axis_rules(shard_lib.DEFAULT_RULES))
-    with context:
+    with trainer_mesh(mesh_axes) if mesh_axes else contextlib.nullcontext():
         text = jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2 * cfg.num_layers
     assert text.count("sdy.manual_computation") == (2 * cfg.num_layers if mesh_axes else 0)
