@@ -264,3 +264,15 @@ def test_worker_processes_give_the_same_stream(source):
         assert_batches_equal(take(resumed, 2), expected[3:])
     finally:
         resumed.close()
+
+
+def test_automatic_worker_count_leaves_a_cpu_step_its_cores(source):
+    resolve = pipeline.resolve_worker_count
+    assert resolve(-1, "cpu", 64) == 0  # the step runs on these cores
+    assert resolve(-1, "gpu", 16) == 8 and resolve(-1, "tpu", 240) == pipeline.MAX_AUTO_WORKERS
+    assert resolve(-1, "gpu", 1) == 1 and resolve(-1, "gpu", None) == 1
+    assert resolve(3, "gpu", 16) == 3 and resolve(0, "gpu", 16) == 0  # as configured
+    with pytest.raises(ValueError, match="worker_count must be >= -1"):
+        resolve(-2, "cpu", 2)
+    with pytest.raises(ValueError, match="resolve_worker_count"):
+        train_it(source, seed=0, worker_count=-1)

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.test_record_source import assert_same_examples
 from trace_jax.data import time_mmd as tm
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "time_mmd"
@@ -206,7 +207,7 @@ def test_hand_verified_health_us_duplicate_date_keeps_last(real):
         log.masked[
             (
                 "Health_US",
-                "all-zero placeholder row (0 providers, 0 patients), all " "channels masked",
+                "all-zero placeholder row (0 providers, 0 patients), all channels masked",
             )
         ]
         == 95
@@ -304,7 +305,7 @@ def test_fact_cleaning_strips_llm_header_and_markdown(real):
     texts = [f.text for f in data["SocialGood"][1]]
     assert any(
         t.startswith(
-            "The unemployment rate declined by 0.5 percentage points to 7.9% in " "September 2020."
+            "The unemployment rate declined by 0.5 percentage points to 7.9% in September 2020."
         )
         for t in texts
     )
@@ -346,7 +347,7 @@ def test_unparseable_value_names_file_line_and_column(tmp_path):
     with pytest.raises(ValueError, match=r"Security\.csv, line 3, column 'OT'.*12abc"):
         tm.read_numeric(p, "Security")
     p = _write(
-        tmp_path / "S2.csv", "date,OT,start_date,end_date\n1998-09-01,5,1998-9-x," "1998-09-30\n"
+        tmp_path / "S2.csv", "date,OT,start_date,end_date\n1998-09-01,5,1998-9-x,1998-09-30\n"
     )
     with pytest.raises(ValueError, match=r"S2\.csv, line 2, column 'start_date'"):
         tm.read_numeric(p, "Security")
@@ -374,7 +375,7 @@ def test_layout_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match=r"e\.csv, line 3.*not on the weekly grid"):
         tm.read_numeric(p, "Health_AFR")
     p = _write(
-        tmp_path / "m.csv", "date,OT,start_date,end_date\n1998-09-02,5,1998-09-02," "1998-09-30\n"
+        tmp_path / "m.csv", "date,OT,start_date,end_date\n1998-09-02,5,1998-09-02,1998-09-30\n"
     )
     with pytest.raises(ValueError, match=r"m\.csv, line 2.*not the first of a month"):
         tm.read_numeric(p, "Security")
@@ -594,6 +595,8 @@ def test_builder_end_to_end(tmp_path):
 
     ds = tfds.data_source("time_mmd/retrieval_small", data_dir=str(data_dir))
     counts = {s: len(ds[s]) for s in tm.SPLITS}
+    for s in tm.SPLITS:
+        assert_same_examples(ds[s])
     # Loading layer on the same trimmed files gives the same examples.
     log = tm.BuildLog()
     ref = []
@@ -640,6 +643,8 @@ def test_builder_end_to_end(tmp_path):
     s, f = tm.load_domain(manual, "Energy")
     out, fmeta = tm.forecast_examples(s, f, 24, 4)
     assert {k: len(fds[k]) for k in tm.SPLITS} == {k: len(out[k]) for k in tm.SPLITS}
+    for k in tm.SPLITS:
+        assert_same_examples(fds[k])
     x = fds["test"][0]
     assert x["history"].shape == (24,) and x["target"].shape == (4,)
     assert x["context_embedding"].shape == (1, 384)

@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.test_record_source import assert_same_examples
 from trace_jax.data import weather_captioned as wc
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "weather_captioned"
@@ -330,7 +331,7 @@ def test_block_in_data_gap_with_refusal_caption(real):
     assert b.label == -1
     assert b.channel_texts == ("",) * 6  # every role sentence is a refusal
     assert b.texts[0].startswith(
-        "It's the afternoon of a day in July. The current weather " "information is not available."
+        "It's the afternoon of a day in July. The current weather information is not available."
     )
     assert b.texts[0].endswith("Humidity information is missing.")
     series, observed = real.grid.window(b.end, 48)
@@ -395,8 +396,7 @@ def test_six_sentence_caption_keyword_roles(real):
     b = real.captioned_block("201504091800")
     assert len(real.captions[1]["201504091800"]) == 6
     assert b.channel_texts[0] == (
-        "The temperature trend is not specified, but expect mild "
-        "conditions between 11°C and 15°C."
+        "The temperature trend is not specified, but expect mild conditions between 11°C and 15°C."
     )
     assert b.channel_texts[1:] == ("There is Light Breeze from NE.",) * 3 + (
         "The atmospheric shows High Pressure.",
@@ -408,8 +408,7 @@ def test_six_sentence_caption_keyword_roles(real):
 
 HEADER = ",".join(wc.CSV_HEADER) + "\n"
 GOOD = (
-    "201601010020,0°C,Wind blowing from 190° South to North,7 km/h,Passing clouds.,"
-    "1025 mbar,93%\n"
+    "201601010020,0°C,Wind blowing from 190° South to North,7 km/h,Passing clouds.,1025 mbar,93%\n"
 )
 
 
@@ -633,6 +632,7 @@ def test_builder_end_to_end(tmp_path, capsys):
         ds = tfds.data_source(
             "weather_captioned", split=split, data_dir=tmp_path / "data", download=False
         )
+        assert_same_examples(ds)
         by_id = {ex["example_id"].decode(): ex for ex in (ds[i] for i in range(len(ds)))}
         for eid, ex in by_id.items():
             key = eid.split("/")[1]

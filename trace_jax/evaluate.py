@@ -46,6 +46,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
 
 def load_split(dataset, data_dir, split, manual_dir=None, builder_config=None) -> dict:
     """Every example of a split as stacked arrays (series, texts, labels, spans, groups)."""
+    from trace_jax.data.record_source import RecordSource  # pylint: disable=g-import-not-at-top
     from trace_jax.data.registry import build, builder_class  # pylint: disable=g-import-not-at-top
 
     builder = builder_class(dataset)(data_dir=data_dir, config=builder_config)
@@ -57,7 +58,7 @@ def load_split(dataset, data_dir, split, manual_dir=None, builder_config=None) -
         builder = build(dataset, data_dir, manual_dir, builder_config)
     if split not in builder.info.splits:
         raise ValueError(f"no split {split!r}; this build has {sorted(builder.info.splits)}")
-    source = builder.as_data_source(split=split)
+    source = RecordSource(builder.as_data_source(split=split))
     examples = [source[i] for i in range(len(source))]
     if not examples:
         raise ValueError(f"split {split!r} is empty")

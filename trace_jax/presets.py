@@ -54,7 +54,9 @@ def base_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.validation_split = "validation"
     c.data.num_synthetic_train = pick(20000, 4000, 64)
     c.data.num_synthetic_validation = pick(1000, 500, 32)
-    c.data.worker_count = 0
+    # Grain worker processes decoding batches; -1: none on a CPU, half the cores (at most 8)
+    # beside an accelerator (trace_jax.data.pipeline.resolve_worker_count).
+    c.data.worker_count = -1
     c.data.text_cache_dir = ""  # '' = ~/.cache/trace_jax (or $TRACE_JAX_CACHE)
 
     c.train = ml_collections.ConfigDict()

@@ -107,6 +107,26 @@ def steps_per_epoch(num_examples: int, global_batch_size: int, drop_remainder: b
     return math.ceil(num_examples / global_batch_size)
 
 
+MAX_AUTO_WORKERS = 8
+
+
+def resolve_worker_count(requested: int, platform: str, cpu_count: int | None) -> int:
+    """Grain worker processes for `config.data.worker_count` (-1: chosen for the machine).
+
+    -1 gives none where the step runs on the CPU (the step needs the cores, and one process
+    prepares Weather-Captioned batches 8x faster than the :cpu alignment step takes them) and
+    half the cores, at most MAX_AUTO_WORKERS, beside an accelerator: one process decodes about
+    7,000 examples a second (BENCHMARKS.md, "Input pipeline"), under what a GPU's step takes.
+    """
+    if requested < -1:
+        raise ValueError(f"data.worker_count must be >= -1 (-1: automatic), got {requested}")
+    if requested >= 0:
+        return requested
+    if platform == "cpu":
+        return 0
+    return min(MAX_AUTO_WORKERS, max(1, (cpu_count or 1) // 2))
+
+
 _M1, _M2, _GOLD = (
     np.uint64(0xBF58476D1CE4E5B9),
     np.uint64(0x94D049BB133111EB),
@@ -281,6 +301,11 @@ class BatchIterator(grain.DatasetIterator):
     ):
         super().__init__()
         self._it = None  # the Grain iterator, built lazily (close() may run from __del__)
+        if worker_count < 0:
+            raise ValueError(
+                f"worker_count must be >= 0, got {worker_count} (resolve a config's -1 with "
+                "resolve_worker_count)"
+            )
         if reader.steps_per_epoch == 0:
             raise ValueError(
                 f"{len(reader.positions)} examples make no batch of "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from trace_jax.data import registry
+from trace_jax.data.record_source import RecordSource
 from trace_jax.data.synthetic import synthetic_splits
 from trace_jax.data.text_cache import TextEmbeddingCache
 
@@ -40,6 +41,6 @@ def load_sources(data: ml_collections.ConfigDict):
             "--manual_dir=...` first"
         )
     return (
-        builder.as_data_source(split=data.train_split),
-        builder.as_data_source(split=data.validation_split),
+        RecordSource(builder.as_data_source(split=data.train_split)),
+        RecordSource(builder.as_data_source(split=data.validation_split)),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -216,13 +217,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
     shard_lib.local_batch_size(train_cfg.batch_size, mesh)  # checks divisibility early
     example = example_batch(train_source)
     trainer = build_trainer(config, task, mesh, example)
+    worker_count = pipeline.resolve_worker_count(
+        config.data.worker_count, jax.default_backend(), os.cpu_count()
+    )
+    logging.info("input pipeline: %d Grain worker processes", worker_count)
     train_iter = pipeline.make_train_iterator(
         train_source,
         global_batch_size=train_cfg.batch_size,
         seed=config.seed,
         sharding=trainer.batch_sharding,
         require_text=task.requires_text,
-        worker_count=config.data.worker_count,
+        worker_count=worker_count,
     )
     checkpointer = Checkpointer(
         workdir / "checkpoints", keep=train_cfg.keep_checkpoints, every=train_cfg.checkpoint_every
