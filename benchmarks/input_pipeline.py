@@ -88,7 +88,8 @@ def main():
     batches.close()
     print(
         f"devices: {jax.device_count()} {jax.devices()[0].platform}; data {args.data_name} "
-        f"({args.decoder} decoder, {args.worker_count} worker processes); global batch "
+        f"({'in memory' if args.data_name == 'synthetic' else args.decoder + ' decoder'}, "
+        f"{args.worker_count} worker processes); global batch "
         f"{config.train.batch_size}; model d={config.model.d_model} "
         f"layers={config.model.num_layers}"
     )
