@@ -5,7 +5,6 @@ from __future__ import annotations
 import ml_collections
 
 from trace_jax.data import registry
-from trace_jax.data.record_source import RecordSource
 from trace_jax.data.synthetic import synthetic_splits
 from trace_jax.data.text_cache import TextEmbeddingCache
 
@@ -31,6 +30,10 @@ def load_sources(data: ml_collections.ConfigDict):
             f"`python -m trace_jax.data.build --dataset={data.name} --manual_dir=... "
             "--data_dir=DIR` and pass --config.data.data_dir=DIR"
         )
+    from trace_jax.data.record_source import (  # pylint: disable=g-import-not-at-top
+        RecordSource,  # imports TFDS: only for built sets, never for the synthetic one
+    )
+
     builder = registry.builder_class(data.name)(
         data_dir=data.data_dir, config=data.builder_config or None
     )
