@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import signal
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
 from tests.helpers import REPO, TASKS, read_params, tiny_config
 from tests.test_encoder import TINY, awkward_inputs
@@ -277,6 +279,20 @@ def test_pretraining_with_the_auxiliary_class_term(tmp_path, text_cache_dir):
     label_losses = [r["train/label_loss"] for r in records if "train/label_loss" in r]
     assert len(label_losses) == 2 and all(0 < v < 10 for v in label_losses)
     assert all(r["train/loss"] > r["train/label_loss"] for r in records if "train/loss" in r)
+
+
+def test_grain_worker_processes_feed_the_same_run_and_stop_with_it(tmp_path, text_cache_dir):
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # Grain multiprocessing reads absl flags
+    losses = {}
+    for workers in (0, 1):
+        config = tiny_config("pretrain", text_cache_dir, steps=2, log_every=1)
+        config.data.worker_count = workers
+        train_and_evaluate(config, tmp_path / str(workers), TASKS["pretrain"](config))
+        lines = (tmp_path / str(workers) / "metrics.jsonl").read_text().splitlines()
+        losses[workers] = [r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r]
+        assert not multiprocessing.active_children()
+    assert len(losses[1]) == 2 and losses[1] == losses[0]
 
 
 def test_pretraining_loss_on_the_masked_patches_alone_equals_the_full_models(tmp_path):

@@ -277,6 +277,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
             if not eval_metrics:  # nothing ran (already finished): still report
                 eval_metrics = run_eval(state["params"])
         finally:
+            train_iter.close()  # its Grain workers, even while a traceback holds this frame
             checkpointer.wait()
             checkpointer.close()
             progress.close()
