@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from trace_jax.data import pipeline
 from trace_jax.data.record_source import RecordSource
 
 
@@ -32,6 +33,20 @@ def assert_same_examples(tfds_source) -> RecordSource:
         for key, value in tfds_source[len(tfds_source) - 1].items():
             np.testing.assert_array_equal(fast[len(fast) - 1][key], value)
     return fast
+
+
+def assert_same_batches(tfds_source) -> None:
+    """The training pipeline (which decodes only the batch's features) gives the same batches."""
+    make = lambda source: pipeline.make_train_iterator(
+        source, global_batch_size=4, seed=3, shard_index=0, shard_count=1, require_text=True
+    )
+    want, got = make(tfds_source), make(RecordSource(tfds_source))
+    assert got.reader.source._specs.keys() == set(pipeline.SOURCE_KEYS)
+    for a, b in zip(pipeline.iterate_numpy(want, 2), pipeline.iterate_numpy(got, 2)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype, key
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 class Kinds(tfds.core.GeneratorBasedBuilder):
@@ -122,3 +137,11 @@ def test_record_missing_a_feature_says_rebuild(kinds):
     fast._specs = {**fast._specs, "added_later": fast._specs["i32"]}
     with pytest.raises(ValueError, match="lacks feature 'added_later'.*Rebuild"):
         fast[0]
+
+
+def test_with_keys_decodes_those_features_only(kinds):
+    fast = RecordSource(kinds).with_keys(["text", "u64"])
+    assert fast[0].keys() == {"text", "u64"} and len(fast) == len(kinds)
+    np.testing.assert_array_equal(fast[0]["u64"], kinds[0]["u64"])
+    with pytest.raises(KeyError, match="no feature \\['nope'\\]"):
+        RecordSource(kinds).with_keys(["text", "nope"])

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.test_record_source import assert_same_examples
+from tests.test_record_source import assert_same_batches, assert_same_examples
 from trace_jax.data import weather_captioned as wc
 
 SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "weather_captioned"
@@ -633,6 +633,8 @@ def test_builder_end_to_end(tmp_path, capsys):
             "weather_captioned", split=split, data_dir=tmp_path / "data", download=False
         )
         assert_same_examples(ds)
+        if split == "validation":
+            assert_same_batches(ds)
         by_id = {ex["example_id"].decode(): ex for ex in (ds[i] for i in range(len(ds)))}
         for eid, ex in by_id.items():
             key = eid.split("/")[1]

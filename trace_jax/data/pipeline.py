@@ -61,6 +61,18 @@ BATCH_KEYS = (
     "index",
     "valid",
 )
+# What a batch is made of, per example: a source that can decode a subset (RecordSource)
+# decodes only these, plus the source's extra_batch_keys.
+SOURCE_KEYS = (
+    "series",
+    "observed",
+    "channel_ids",
+    "text_embedding",
+    "num_texts",
+    "channel_text_embedding",
+    "channel_text_valid",
+    "label",
+)
 _STATE_VERSION = 1
 _CHECKED_STATE_KEYS = (
     "seed",
@@ -87,11 +99,13 @@ def text_indices(source, chunk: int = 512) -> np.ndarray:
     """Indices (int64, ascending) of the examples with at least one text (num_texts > 0).
 
     Uses ``source.num_texts`` when the source exposes it as an array (synthetic set); else
-    reads every example once.
+    reads every example's ``num_texts`` once.
     """
     counts = getattr(source, "num_texts", None)
     if isinstance(counts, np.ndarray) and counts.shape == (len(source),):
         return np.flatnonzero(counts > 0).astype(np.int64)
+    if hasattr(source, "with_keys"):
+        source = source.with_keys(("num_texts",))
     keep = []
     for start in range(0, len(source), chunk):
         stop = min(start + chunk, len(source))
@@ -114,9 +128,10 @@ def resolve_worker_count(requested: int, platform: str, cpu_count: int | None) -
     """Grain worker processes for `config.data.worker_count` (-1: chosen for the machine).
 
     -1 gives none where the step runs on the CPU (the step needs the cores, and one process
-    prepares Weather-Captioned batches 8x faster than the :cpu alignment step takes them) and
-    half the cores, at most MAX_AUTO_WORKERS, beside an accelerator: one process decodes about
-    7,000 examples a second (BENCHMARKS.md, "Input pipeline"), under what a GPU's step takes.
+    prepares Weather-Captioned batches 14x faster than the :cpu alignment step takes them) and
+    half the cores, at most MAX_AUTO_WORKERS, beside an accelerator: one process prepares
+    9,000-11,000 Weather-Captioned examples a second (BENCHMARKS.md, "Input pipeline"), under
+    what a GPU's step takes.
     """
     if requested < -1:
         raise ValueError(f"data.worker_count must be >= -1 (-1: automatic), got {requested}")
@@ -180,6 +195,8 @@ class LocalBatchReader:
             raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
         if paraphrase not in ("sample", "first"):
             raise ValueError(f"paraphrase must be 'sample' or 'first', got {paraphrase!r}")
+        if hasattr(source, "with_keys"):
+            source = source.with_keys(SOURCE_KEYS + tuple(getattr(source, "extra_batch_keys", ())))
         self.source = source
         self.positions = np.asarray(positions, np.int64)
         self.global_batch_size = global_batch_size
