@@ -59,7 +59,7 @@ def load_split(dataset, data_dir, split, manual_dir=None, builder_config=None) -
     if split not in builder.info.splits:
         raise ValueError(f"no split {split!r}; this build has {sorted(builder.info.splits)}")
     source = RecordSource(builder.as_data_source(split=split))
-    examples = [source[i] for i in range(len(source))]
+    examples = source.__getitems__(range(len(source)))
     if not examples:
         raise ValueError(f"split {split!r} is empty")
     stack = lambda k: np.stack([e[k] for e in examples])

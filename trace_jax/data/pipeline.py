@@ -1,7 +1,8 @@
 """Grain input pipelines for pretraining, alignment and evaluation.
 
-Input: any random-access source of schema dicts (docs/data_schema.md): ``SyntheticCaptioned`` or
-``tfds.data_source(...)`` of the Weather-Captioned / Time-MMD builders.
+Input: any random-access source of schema dicts (docs/data_schema.md): ``SyntheticCaptioned``,
+a ``RecordSource`` over a built Weather-Captioned / Time-MMD split (``load_sources``; it decodes
+only the features a batch needs) or that split's ``tfds.data_source(...)``.
 
 Batches are dicts of numpy arrays (strings dropped)::
 
