@@ -2,7 +2,8 @@
 
 The two builders' end-to-end tests (test_weather_captioned.py, test_time_mmd.py) call
 `assert_same_examples` on every split they build; the tests here cover what those builds do not
-(uint64 and raw-bytes tensors, unsupported features, records missing a feature, pickling).
+(uint64 and raw-bytes tensors, unsupported features, records missing a feature, pickling,
+decoding a subset of the features).
 """
 
 import pickle
@@ -119,7 +120,7 @@ def test_pickles_for_grain_workers(kinds):
     assert "split='train'" in repr(fast)
 
 
-def test_unsupported_feature_is_refused_by_name(kinds):
+def test_unsupported_feature_is_refused_by_name(tmp_path):
     class Images(Kinds):
         def _info(self):
             info = super()._info()
@@ -127,7 +128,7 @@ def test_unsupported_feature_is_refused_by_name(kinds):
             return info
 
     fake = type("Source", (), {})()
-    fake.dataset_info, fake.split, fake.data_source = Images(data_dir="/nonexistent").info, "x", []
+    fake.dataset_info, fake.split, fake.data_source = Images(data_dir=tmp_path).info, "x", []
     with pytest.raises(TypeError, match="'picture' \\(Image\\)"):
         RecordSource(fake)
 
