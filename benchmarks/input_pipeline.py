@@ -119,14 +119,13 @@ def main():
         jax.block_until_ready(one_step())  # compile
         step_rate = rate(one_step, args.steps)
 
+    step_samples_per_s = step_rate * config.train.batch_size
     print(
-        f"align step: {step_rate:.2f} steps/s, {step_rate * config.train.batch_size:.0f} "
-        f"samples/s ({args.steps} steps)"
+        f"align step: {step_rate:.2f} steps/s, {step_samples_per_s:.0f} samples/s ({args.steps} steps)"
     )
     for workers, rate_ in samples_per_s.items():
-        ratio = rate_ / (step_rate * config.train.batch_size)
-        print(f"{workers} worker processes: pipeline / step {ratio:.2f}")
-    print(f"pipeline_over_step={ratio:.1f}")
+        print(f"{workers} worker processes: pipeline / step {rate_ / step_samples_per_s:.2f}")
+    print(f"pipeline_over_step={samples_per_s[worker_counts[-1]] / step_samples_per_s:.1f}")
 
 
 if __name__ == "__main__":

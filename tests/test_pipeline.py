@@ -33,6 +33,7 @@ def assert_batches_equal(a, b):
     for x, y in zip(a, b):
         assert x.keys() == y.keys()
         for k in x:
+            assert x[k].dtype == y[k].dtype, k
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.test_pipeline import assert_batches_equal, take
 from trace_jax.data import pipeline
 from trace_jax.data.record_source import RecordSource
 
@@ -43,11 +44,7 @@ def assert_same_batches(tfds_source) -> None:
     )
     want, got = make(tfds_source), make(RecordSource(tfds_source))
     assert got.reader.source._specs.keys() == set(pipeline.SOURCE_KEYS)
-    for a, b in zip(pipeline.iterate_numpy(want, 2), pipeline.iterate_numpy(got, 2)):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert a[key].dtype == b[key].dtype, key
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert_batches_equal(take(want, 2), take(got, 2))
 
 
 class Kinds(tfds.core.GeneratorBasedBuilder):
