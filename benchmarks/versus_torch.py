@@ -286,18 +286,17 @@ def reset_peak_rss() -> None:
 # ---- the children ----
 
 
-def run_jax(figure: str, config: dict, args) -> dict:
+def build_jax_trainer(figure: str, config: dict, channels: int, time_steps: int):
+    """(task, mesh, trainer, batch on its devices) for `figure`'s config (a plain dict), as the
+    training loop builds them. Split the CPU (`distributed.split_cpu`) before calling."""
     import jax
     import ml_collections
 
-    from trace_jax import distributed, xla_options
-    from trace_jax.model.heads import AlignModel
     from trace_jax.train import loop
     from trace_jax.train import sharding as shard_lib
     from trace_jax.train.align import AlignTask
     from trace_jax.train.pretrain import PretrainTask
 
-    distributed.split_cpu(args.cpu_devices)  # as trace_jax.main does with config.cpu_devices
     config = ml_collections.ConfigDict(config)
     task = (PretrainTask if figure == "pretrain" else AlignTask)(config)
     b = config.train.batch_size
@@ -305,11 +304,31 @@ def run_jax(figure: str, config: dict, args) -> dict:
     # --cpu_devices N runs the step data-parallel over N host devices as a user's run would.
     mesh = shard_lib.make_mesh(config.mesh)
     shard_lib.local_batch_size(b, mesh)
-    example = make_batch(b, args.channels, args.time_steps)
+    example = make_batch(b, channels, time_steps)
     trainer = loop.build_trainer(config, task, mesh, example)
-    batch = jax.device_put(example, trainer.batch_sharding)
+    return task, mesh, trainer, jax.device_put(example, trainer.batch_sharding)
+
+
+def compile_train_step(mesh, trainer, state, batch):
+    """The trainer's step compiled for `state` and `batch`."""
+    import jax
+
+    # Traced with the mesh set, as train_and_evaluate does: the sharding constraints inside
+    # the model and the loss only apply under it.
+    with jax.set_mesh(mesh):
+        return trainer.step.lower(state, batch).compile()
+
+
+def run_jax(figure: str, config: dict, args) -> dict:
+    import jax
+
+    from trace_jax import distributed, xla_options
+    from trace_jax.model.heads import AlignModel
+
+    distributed.split_cpu(args.cpu_devices)  # as trace_jax.main does with config.cpu_devices
+    task, mesh, trainer, batch = build_jax_trainer(figure, config, args.channels, args.time_steps)
     if figure == "infer":
-        params = jax.jit(task.init_params)(jax.random.key(config.seed), batch)  # no optimizer
+        params = jax.jit(task.init_params)(jax.random.key(config["seed"]), batch)  # no optimizer
         embed = jax.jit(
             lambda params, series, observed, ids: task.model.apply(
                 {"params": params["model"]}, series, observed, ids, method=AlignModel.embed_series
@@ -327,10 +346,7 @@ def run_jax(figure: str, config: dict, args) -> dict:
     else:
         state = trainer.init(batch)
         t0 = time.perf_counter()
-        # Traced with the mesh set, as train_and_evaluate does: the sharding constraints inside
-        # the model and the loss only apply under it.
-        with jax.set_mesh(mesh):
-            compiled = trainer.step.lower(state, batch).compile()
+        compiled = compile_train_step(mesh, trainer, state, batch)
 
         def run_step():
             nonlocal state
@@ -339,7 +355,7 @@ def run_jax(figure: str, config: dict, args) -> dict:
 
     compile_s = time.perf_counter() - t0
     times = time_steps(run_step, args.warmup, args.steps)
-    return {**times, "compile": compile_s, "batch": b}
+    return {**times, "compile": compile_s, "batch": config["train"]["batch_size"]}
 
 
 def run_torch(figure: str, config: dict, args) -> dict:
