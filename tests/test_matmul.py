@@ -149,22 +149,29 @@ def test_cpu_embeddings_read_no_materialised_gelu_constants():
     assert not re.findall(rf"%wrapped_broadcast\S* = f32\[[0-9,]*,{cfg.mlp_dim}\]", hlo)
 
 
-def test_cpu_training_step_writes_the_qkv_gradient_once_and_pads_nothing():
-    """The paper-size bf16 backward on XLA:CPU: the stacked (3d) query/key/value gradient is
-    written once, in bfloat16, for its product (biases added per part, so no float32 copy for a
-    (3d) bias reduction), and RoPE's backward is a rotation, not zero-padded slices (rope.py).
-    With [CLS] folded into the channels' products, 7% of the alignment step. Compiled only,
-    from shapes."""
+@pytest.fixture(scope="module")
+def paper_size_bf16_gradient():
+    """(config, series shape, optimized HLO) of the gradient of the paper-size bf16 encoder's
+    summary outputs (what alignment trains) at batch 8 on XLA:CPU, compiled once for the tests
+    that read its structure. Compiled only, from shapes."""
     cfg, model, params, series = _paper_size_bf16_from_shapes(batch=8)
 
     def loss(p, s):
         out = model.apply(p, s, summary_only=True)
         return jnp.sum(out["cls"] ** 2) + jnp.sum(out["channels"] ** 2)
 
-    hlo = jax.jit(jax.grad(loss)).lower(params, series).compile().as_text()
+    return cfg, series.shape, jax.jit(jax.grad(loss)).lower(params, series).compile().as_text()
+
+
+def test_cpu_training_step_writes_the_qkv_gradient_once_and_pads_nothing(paper_size_bf16_gradient):
+    """The paper-size bf16 backward on XLA:CPU: the stacked (3d) query/key/value gradient is
+    written once, in bfloat16, for its product (biases added per part, so no float32 copy for a
+    (3d) bias reduction), and RoPE's backward is a rotation, not zero-padded slices (rope.py).
+    With [CLS] folded into the channels' products, 7% of the alignment step. Compiled only,
+    from shapes."""
+    cfg, (b, c, t), hlo = paper_size_bf16_gradient
     entry = hlo[hlo.index("\nENTRY") :]  # the scheduled kernels, not their fused insides
     backward = [line for line in entry.splitlines() if "transpose(jvp(" in line]
-    b, c, t = series.shape
     s = t // cfg.patch_len + 1  # a channel's CIT and patches
     tokens = rf"{b},{c},{s}|{b * c * s}"
     heads, head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
@@ -174,3 +181,36 @@ def test_cpu_training_step_writes_the_qkv_gradient_once_and_pads_nothing():
     # RoPE's would be zero-padded (B, C, S, H, hd) arrays.
     rope_pads = rf"= f32\[\d+,\d+,\d+,{heads},{head_dim}\]\S* pad\(.*transpose\(jvp"
     assert not re.findall(rope_pads, hlo)
+
+
+def _product_operand_dtypes(hlo: str, op_name: str) -> list[tuple[str, str]]:
+    """The operand dtypes of every product in an optimized HLO text whose op_name metadata
+    matches the regex `op_name` (fused products included)."""
+    dtypes = dict(re.findall(r"%(\S+) = (\w+)\[", hlo))
+    product = re.compile(rf" dot\(%(\S+), %(\S+)\).*op_name=\"{op_name}\"")
+    found = [m.groups() for m in map(product.search, hlo.splitlines()) if m]
+    return [(dtypes[a], dtypes[b]) for a, b in found]
+
+
+def test_cpu_training_step_runs_every_block_product_on_bfloat16_operands(paper_size_bf16_gradient):
+    """The jaxpr's products are bfloat16 (test above), but XLA may still run one in float32: a
+    transpose feeding a product is folded into it as a transposed operand, which YNNPACK does
+    not take in bfloat16, and XLA then converts both operands back to float32 (half the rate;
+    BENCHMARKS.md, session 16). The compiled program shows it."""
+    # The check sees such a product where XLA makes one: transposed operands, rounded.
+    w, x = (
+        jax.ShapeDtypeStruct((384, 1536), jnp.float32),
+        jax.ShapeDtypeStruct((64, 384), jnp.float32),
+    )
+    bf16 = jnp.bfloat16
+    transposed = jax.jit(lambda w, x: jnp.matmul(w.T.astype(bf16), x.T.astype(bf16)))
+    hlo = transposed.lower(w, x).compile().as_text()
+    assert _product_operand_dtypes(hlo, r"[^\"]*dot_general") == [("f32", "f32")]
+
+    cfg, _, hlo = paper_size_bf16_gradient
+    dense = r"[^\"]*block_\d+/(?:attention(?:/out)?|mlp/fc[12])/dot_general"
+    operands = _product_operand_dtypes(hlo, dense)
+    # Query/key/value, attention output, fc1 and fc2, for [CLS] and the channel tokens, forward
+    # and both gradients, per layer.
+    assert len(operands) == 4 * 2 * 3 * cfg.num_layers
+    assert set(operands) == {("bf16", "bf16")}, operands
