@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -n 2 -q
 
+# tcmalloc where it is installed (libgoogle-perftools4): XLA:CPU's steps reuse its freed blocks
+# instead of page-faulting fresh ones, 1.15x on this job (BENCHMARKS.md). TCMALLOC= turns it off.
+TCMALLOC ?= $(shell (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null | awk '$$1 == "libtcmalloc.so.4" \
+	{full = $$NF} $$1 == "libtcmalloc_minimal.so.4" {minimal = $$NF} END {print full ? full : minimal}')
+
 run: setup
-	$(PY) -m trace_jax.main --config=configs/align.py:$(or $(VARIANT),cpu) --workdir=$(or $(WORKDIR),runs/align)
+	LD_PRELOAD=$(TCMALLOC) $(PY) -m trace_jax.main --config=configs/align.py:$(or $(VARIANT),cpu) \
+		--workdir=$(or $(WORKDIR),runs/align)
 
 bench: setup
 	$(PY) benchmarks/attention_scaling.py

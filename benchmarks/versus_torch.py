@@ -104,6 +104,8 @@ import time
 
 import numpy as np
 
+from trace_jax.allocator import find_tcmalloc
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024**3
 TEXT_DIM = 384  # all-MiniLM-L6-v2, our text tower
@@ -423,20 +425,6 @@ def child_main(args) -> int:
 
 
 # ---- the parent ----
-
-
-def find_tcmalloc() -> str | None:
-    try:
-        listing = subprocess.run(
-            ["ldconfig", "-p"], capture_output=True, text=True, check=False
-        ).stdout
-    except OSError:
-        return None
-    for name in ("libtcmalloc.so.4", "libtcmalloc_minimal.so.4"):
-        for line in listing.splitlines():
-            if line.strip().startswith(name) and "=>" in line:
-                return line.split("=>")[-1].strip()
-    return None
 
 
 def cpu_vendor() -> str:
