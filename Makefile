@@ -26,8 +26,9 @@ test: setup
 
 # tcmalloc where it is installed (libgoogle-perftools4): XLA:CPU's steps reuse its freed blocks
 # instead of page-faulting fresh ones, 1.15x on this job (BENCHMARKS.md). TCMALLOC= turns it off.
-TCMALLOC ?= $(shell (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null | awk '$$1 == "libtcmalloc.so.4" \
-	{full = $$NF} $$1 == "libtcmalloc_minimal.so.4" {minimal = $$NF} END {print full ? full : minimal}')
+# Expanded when the recipe runs, after setup: the package's own finder (trace_jax/allocator.py).
+FIND_TCMALLOC := from trace_jax.allocator import find_tcmalloc; print(find_tcmalloc() or "")
+TCMALLOC ?= $(shell $(PY) -c '$(FIND_TCMALLOC)')
 
 run: setup
 	LD_PRELOAD=$(TCMALLOC) $(PY) -m trace_jax.main --config=configs/align.py:$(or $(VARIANT),cpu) \
