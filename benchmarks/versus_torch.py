@@ -105,6 +105,7 @@ import time
 import numpy as np
 
 from trace_jax.allocator import find_tcmalloc
+from trace_jax.cpu_features import cpu_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -492,7 +493,8 @@ def child_envs(args, scratch: str) -> tuple[dict, str]:
         sys.exit("--mkl_intel_path on: no C compiler to build the shim")
     if shim is not None:
         torch_preload = [*torch_preload, shim]
-        notes.append("torch: MKL's Intel (AVX-512) code path forced")
+        widest = "AVX-512" if "avx512f" in (cpu_flags() or ()) else "AVX2, no AVX-512 here"
+        notes.append(f"torch: MKL's Intel code path forced ({widest})")
     torch_env = {**env, **torch_vars, "LD_PRELOAD": " ".join(torch_preload)}
     if args.omp_wait_policy != "default":
         torch_env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()

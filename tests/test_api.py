@@ -1,11 +1,14 @@
 """trace_jax.load on a workdir and on an export; the serialized embed_series; bad inputs."""
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
 
 import trace_jax
 from tests.helpers import read_params, tiny_config
+from trace_jax import cpu_features
 from trace_jax.data.sources import load_sources
 from trace_jax.export import export_model, load_embed_series
 from trace_jax.model import EncoderConfig
@@ -121,6 +124,7 @@ def test_export_mode_of_the_main_command(trained, tmp_path):
     )
 
 
+@pytest.mark.filterwarnings("ignore:bf16_matmuls on a CPU without")  # on a CPU without them
 def test_load_can_switch_the_matmul_precision(trained):
     workdir, config, series, observed, channel_ids = trained
     exact = trace_jax.load(workdir)
@@ -132,3 +136,15 @@ def test_load_can_switch_the_matmul_precision(trained):
     np.testing.assert_allclose(np.sum(a * b, axis=1), 1.0, atol=1e-3)
     back = trace_jax.load(workdir, bf16_matmuls=False)
     np.testing.assert_array_equal(back.embed_series(series, observed, channel_ids), a)
+
+
+def test_load_warns_of_bf16_matmuls_on_a_cpu_without_bfloat16_instructions(trained, monkeypatch):
+    workdir = trained[0]
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    with pytest.warns(UserWarning, match="AVX512-BF16"):
+        trace_jax.load(workdir, bf16_matmuls=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trace_jax.load(workdir)  # float32, as trained
+        monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+        trace_jax.load(workdir, bf16_matmuls=True)

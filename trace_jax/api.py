@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import warnings
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trace_jax import xla_options
+from trace_jax import cpu_features, xla_options
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
 
@@ -241,7 +242,8 @@ def load(path, *, bf16_matmuls: bool | None = None) -> TraceModel:
 
     bf16_matmuls: embed with the encoder's matmuls in bfloat16 (True) or float32 (False)
     whatever the model was trained with (None: as trained). On a CPU with AVX512-BF16, bf16
-    embeds about 1.4x faster (BENCHMARKS.md) at bfloat16's rounding of each matmul's operands.
+    embeds about 1.4x faster (BENCHMARKS.md) at bfloat16's rounding of each matmul's operands;
+    on a CPU without bfloat16 instructions it is slower, and a UserWarning says so.
     """
     path = pathlib.Path(path)
     if (path / EXPORT_CONFIG).exists():
@@ -253,7 +255,10 @@ def load(path, *, bf16_matmuls: bool | None = None) -> TraceModel:
             f"{path} is neither an export (no {EXPORT_CONFIG}) nor a training workdir "
             "(no checkpoints/)"
         )
-    if bf16_matmuls is None or bf16_matmuls == model.encoder_config.bf16_matmuls:
-        return model
-    config = dataclasses.replace(model.encoder_config, bf16_matmuls=bf16_matmuls)
-    return dataclasses.replace(model, encoder_config=config)
+    if bf16_matmuls is not None and bf16_matmuls != model.encoder_config.bf16_matmuls:
+        config = dataclasses.replace(model.encoder_config, bf16_matmuls=bf16_matmuls)
+        model = dataclasses.replace(model, encoder_config=config)
+    if model.encoder_config.bf16_matmuls and jax.default_backend() == "cpu":
+        if hint := cpu_features.bf16_matmul_hint():
+            warnings.warn(hint, stacklevel=2)
+    return model

@@ -104,7 +104,7 @@ def main(argv):
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jax  # pylint: disable=g-import-not-at-top
 
-    from trace_jax import allocator  # pylint: disable=g-import-not-at-top
+    from trace_jax import allocator, cpu_features  # pylint: disable=g-import-not-at-top
     from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
     if config.stage == "export":
@@ -119,12 +119,16 @@ def main(argv):
         jax.devices()[0].platform,
         jax.process_count(),
     )
-    if jax.devices()[0].platform == "cpu" and (hint := allocator.cpu_launch_hint()):
-        logging.info(hint)
-    if jax.devices()[0].platform == "cpu" and config.model.d_model >= 384:
-        logging.warning(
-            "paper-size model on CPU: expect slow steps; configs/<stage>.py:cpu is the CPU variant"
-        )
+    if jax.devices()[0].platform == "cpu":
+        if hint := allocator.cpu_launch_hint():
+            logging.info(hint)
+        if config.model.bf16_matmuls and (hint := cpu_features.bf16_matmul_hint()):
+            logging.warning(hint)
+        if config.model.d_model >= 384:
+            logging.warning(
+                "paper-size model on CPU: expect slow steps; "
+                "configs/<stage>.py:cpu is the CPU variant"
+            )
     metrics = train_and_evaluate(config, workdir, task_for(config))
     if jax.process_index() == 0:
         print("final validation: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
