@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         envs, note = versus_torch.child_envs(settings, scratch)
         print(f"dot_rates: {versus_torch.machine()}; {note}; rows {args.rows}")
+        if caveat := versus_torch.bf16_caveat():
+            print(caveat)
         results = {}
         for impl in ("jax", "torch"):
             cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), *argv, "--child", impl]

@@ -105,7 +105,7 @@ import time
 import numpy as np
 
 from trace_jax.allocator import find_tcmalloc
-from trace_jax.cpu_features import cpu_flags
+from trace_jax.cpu_features import bf16_matmul_hint, cpu_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -563,6 +563,18 @@ def machine() -> str:
     return f"{fields.get('model name', model)} ({', '.join(details)}), {os.cpu_count()} cores"
 
 
+def bf16_caveat() -> str | None:
+    """A line for bfloat16 figures on a CPU without bfloat16 instructions: both sides then run
+    fallbacks (ours widens to float32, PyTorch's bf16 products ran at 1-24 GFLOP/s on a Zen 3),
+    and a ratio of fallbacks says nothing about the work (BENCHMARKS.md, session 17)."""
+    if bf16_matmul_hint() is None:
+        return None
+    return (
+        "caution: no AVX512-BF16 or AMX-BF16 on this CPU, so both sides' bfloat16 products run "
+        "fallbacks (PyTorch's far slower); compare float32 here"
+    )
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -602,6 +614,8 @@ def compare(args, argv: list[str], scratch: str) -> int:
         f"C={args.channels}; {args.warmup} warm-up + {args.steps} timed steps",
         flush=True,
     )
+    if model.get("bf16_matmuls") and (caveat := bf16_caveat()):
+        print(caveat, flush=True)
     worst = torch_trace.check(
         modes=(model["channel_bias"],), layouts=(args.torch_attention,), log=lambda line: None
     )

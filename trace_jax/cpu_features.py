@@ -4,7 +4,7 @@ Why: `model.bf16_matmuls` (and `trace_jax.load(..., bf16_matmuls=True)`) pays of
 the cores have bfloat16 dot-product instructions (x86: AVX512-BF16 on AMD Zen 4/5 and Intel
 Cooper Lake onwards, AMX-BF16 on Sapphire Rapids onwards). There the block's products run at
 about twice the float32 rate. Elsewhere XLA's kernels widen the operands to float32 first: on
-an AVX2-only Zen 3 the block's bf16 products ran at 88-104 GFLOP/s against float32's 101-162,
+an AVX2-only Zen 3 the block's bf16 products ran at 83-104 GFLOP/s against float32's 101-162,
 and the paper-size pretraining step took 9.71 s against 7.31 s in float32 (BENCHMARKS.md,
 session 17).
 """
