@@ -105,7 +105,7 @@ import time
 import numpy as np
 
 from trace_jax.allocator import find_tcmalloc
-from trace_jax.cpu_features import bf16_matmul_hint, cpu_flags
+from trace_jax.cpu_features import bf16_dot_instructions, cpu_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -567,7 +567,7 @@ def bf16_caveat() -> str | None:
     """A line for bfloat16 figures on a CPU without bfloat16 instructions: both sides then run
     fallbacks (ours widens to float32, PyTorch's bf16 products ran at 1-24 GFLOP/s on a Zen 3),
     and a ratio of fallbacks says nothing about the work (BENCHMARKS.md, session 17)."""
-    if bf16_matmul_hint() is None:
+    if bf16_dot_instructions() is not False:
         return None
     return (
         "caution: no AVX512-BF16 or AMX-BF16 on this CPU, so both sides' bfloat16 products run "

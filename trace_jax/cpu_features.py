@@ -32,11 +32,19 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
     return None
 
 
+def bf16_dot_instructions(flags: frozenset[str] | None = None) -> bool | None:
+    """Whether the x86 CPU (`flags`, default this one's) has bfloat16 dot instructions; None
+    where that cannot be told."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return None
+    return any(flag in flags for flag in X86_BF16_FLAGS)
+
+
 def bf16_matmul_hint(flags: frozenset[str] | None = None) -> str | None:
     """One line for a CPU run with bfloat16 matmuls on an x86 CPU without bfloat16 dot
     instructions; None where it has them or where that cannot be told."""
-    flags = cpu_flags() if flags is None else flags
-    if flags is None or any(flag in flags for flag in X86_BF16_FLAGS):
+    if bf16_dot_instructions(flags) is not False:
         return None
     return (
         "bf16_matmuls on a CPU without AVX512-BF16 or AMX-BF16: XLA widens the operands to "
