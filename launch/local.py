@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 
+from trace_jax.distributed import with_host_device_count
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -40,7 +42,7 @@ def launch(
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+        "XLA_FLAGS": with_host_device_count(os.environ.get("XLA_FLAGS", ""), devices_per_process),
     }
     procs, relays = [], []
     for i in range(num_processes):

@@ -1,30 +1,37 @@
-"""Test set-up: 8 fake CPU devices and the persistent compilation cache.
+"""Test set-up: 8 fake CPU devices, unoptimised machine code and the persistent compilation
+cache.
 
-Both must be in place before JAX initialises its backend, so they are set at import time here.
+All must be in place before JAX initialises its backend, so they are set at import time here,
+in the environment, where the suite's child processes (trace_jax.main, launch/local.py) read
+them too.
+
+The suite compiles far more than it runs: each tiny training step takes 0.02 s and its
+compilation 12 s, most of it LLVM optimising ~800 kernels. At LLVM -O0 the same compilation
+takes 7 s and the whole suite about half its time (BENCHMARKS.md, "Test-suite time"). What the
+tests check (outputs against references within tolerances, runs against each other bit for
+bit) does not depend on how well XLA's kernels are optimised; the benchmarks and `make run` use
+the default level.
 """
 
 import os
 import pathlib
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import jax  # noqa: E402
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.environ.get("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax")),
-)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-import pytest  # noqa: E402
+os.environ["XLA_FLAGS"] = " ".join(
+    (
+        os.environ.get("XLA_FLAGS", ""),
+        "--xla_force_host_platform_device_count=8",
+        "--xla_backend_optimization_level=0",
+    )
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,13 @@
 """Shared by the trainer tests: tiny configs and reading parameters back from a workdir."""
 
 import importlib.util
+import os
 import pathlib
 
 import jax
 import numpy as np
 
+from trace_jax.distributed import with_host_device_count
 from trace_jax.train import sharding as shard_lib
 from trace_jax.train.align import AlignTask
 from trace_jax.train.checkpoint import Checkpointer
@@ -21,6 +23,13 @@ TASKS = {
     "forecast": ForecastTask,
     "classify": ClassifyTask,
 }
+
+
+def subprocess_env(host_devices: int | None) -> dict[str, str]:
+    """This process's environment for a child JAX process with `host_devices` fake CPU devices
+    (None: JAX's default); the suite's other XLA flags and compilation cache carry over."""
+    flags = with_host_device_count(os.environ.get("XLA_FLAGS", ""), host_devices)
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
 def tiny_config(stage, text_cache_dir, **train):

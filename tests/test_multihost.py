@@ -1,7 +1,6 @@
 """A real multi-process job: 2 processes x 4 CPU devices through launch/local.py."""
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from tests.helpers import REPO, read_params, tiny_config
+from tests.helpers import REPO, read_params, subprocess_env, tiny_config
 
 
 def losses(workdir):
@@ -34,12 +33,9 @@ def run(workdir, cache, processes, devices):
     ]
     if processes == 1:
         cmd = [sys.executable, "-m", "trace_jax.main", *main_args]
-        env = {
-            **os.environ,
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        }
-        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+        result = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=subprocess_env(devices)
+        )
     else:
         cmd = [
             sys.executable,

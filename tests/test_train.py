@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import multiprocessing
-import os
 import pathlib
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from tests.helpers import REPO, TASKS, read_params, tiny_config
+from tests.helpers import REPO, TASKS, read_params, subprocess_env, tiny_config
 from tests.test_encoder import TINY, awkward_inputs
 from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
@@ -158,7 +157,7 @@ def wait_for_checkpoint(workdir, step, proc, timeout=300):
 
 def test_sigkill_then_rerun_ends_bitwise_equal(tmp_path, text_cache_dir):
     steps = 40
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = subprocess_env(2)
     subprocess.run(
         main_command(tmp_path / "whole", text_cache_dir, steps),
         cwd=REPO,
@@ -196,7 +195,7 @@ def test_sigkill_then_rerun_ends_bitwise_equal(tmp_path, text_cache_dir):
 
 
 def test_sigterm_leaves_a_complete_checkpoint(tmp_path, text_cache_dir):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = subprocess_env(2)
     proc = subprocess.Popen(
         main_command(tmp_path, text_cache_dir, 400),
         cwd=REPO,
@@ -214,7 +213,7 @@ def test_sigterm_leaves_a_complete_checkpoint(tmp_path, text_cache_dir):
 
 
 def test_cpu_devices_splits_the_host_into_that_many_devices(tmp_path, text_cache_dir):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = subprocess_env(None)
 
     def run(n):
         command = [*main_command(tmp_path / str(n), text_cache_dir, 2), f"--config.cpu_devices={n}"]

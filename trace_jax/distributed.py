@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import jax
 
@@ -52,3 +53,15 @@ def split_cpu(num_devices: int) -> None:
         raise ValueError(f"cpu_devices must be >= 0 (0: JAX's default), got {num_devices}")
     if num_devices:
         jax.config.update("jax_num_cpu_devices", num_devices)
+
+
+_HOST_DEVICE_COUNT = re.compile(r"\s*--xla_force_host_platform_device_count=\S*")
+
+
+def with_host_device_count(xla_flags: str, num_devices: int | None) -> str:
+    """`xla_flags` with its host device count set to `num_devices` (None: removed), every other
+    flag kept: a child process started with them keeps the caller's XLA settings."""
+    flags = _HOST_DEVICE_COUNT.sub("", xla_flags).strip()
+    if num_devices is None:
+        return flags
+    return f"{flags} --xla_force_host_platform_device_count={num_devices}".strip()

@@ -3,7 +3,9 @@
 `flax.linen.Dropout` draws one threefry-2x32 word per element: 20 rounds of add/rotate/xor
 whose intermediates XLA materialises, about 35 ms for one (64, 218, 384) activation on the
 project's 2-core CPU, and the paper-size encoder drops out 12 such activations a step. Here
-one threefry draw per call gives two 32-bit seed words, and each element's bit comes from
+the call's key (flax's `make_rng`, one threefry fold-in) is itself the two 32-bit seed words: a
+second threefry draw from it would add nothing random, only another rolled threefry loop to
+compile (XLA:CPU compiles each as a while loop of ~100 kernels). Each element's bit comes from
 hashing its index with them (the 'lowbias32' integer mixer, applied per row of the last axis
 and again per element), which XLA fuses into the neighbouring elementwise work: about 1 ms
 for the same activation (the GPU has not been measured yet). Counter-based, like PyTorch's
@@ -80,5 +82,6 @@ class Dropout(nn.Module):
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+        # The first two words whatever the PRNG implementation (threefry's key has exactly two).
+        seed = jax.random.key_data(self.make_rng("dropout")).reshape(-1)[:2]
         return _dropout(x, seed, float(self.rate))
