@@ -35,7 +35,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")
-def aligned_workdir(tmp_path_factory):
+def text_cache_dir(tmp_path_factory):
+    """One text-embedding cache for the session's tests on the synthetic set: its captions are
+    embedded by the real text model once per test process (about 6 s), not once per test."""
+    return str(tmp_path_factory.mktemp("text_cache"))
+
+
+@pytest.fixture(scope="session")
+def aligned_workdir(tmp_path_factory, text_cache_dir):
     """A tiny alignment run on the synthetic set (2 steps): the trained model that the API,
     index, search, evaluation and downstream-head tests load. Read-only for them."""
     from tests.helpers import tiny_config  # pylint: disable=g-import-not-at-top
@@ -43,6 +50,6 @@ def aligned_workdir(tmp_path_factory):
     from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
     workdir = tmp_path_factory.mktemp("aligned")
-    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
+    config = tiny_config("align", text_cache_dir, steps=2)
     train_and_evaluate(config, workdir, AlignTask(config))
     return workdir

@@ -16,9 +16,9 @@ from trace_jax.model.heads import AlignModel
 
 
 @pytest.fixture(scope="module")
-def trained(aligned_workdir, tmp_path_factory):
+def trained(aligned_workdir, text_cache_dir):
     """The shared tiny alignment workdir, its config and a few validation windows."""
-    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
+    config = tiny_config("align", text_cache_dir, steps=2)
     _, validation = load_sources(config.data)
     windows = [validation[i] for i in range(5)]
     stack = lambda k: np.stack([w[k] for w in windows])

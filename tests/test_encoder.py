@@ -42,9 +42,10 @@ def random_params(model, series, seed):
     """Initialised params with every leaf redrawn at scale 0.2 (norm scales around 1).
 
     Flax's default init makes attention nearly uniform; larger weights make every mask and
-    rotation matter to the output, so the comparison can actually catch mistakes.
+    rotation matter to the output, so the comparison can actually catch mistakes. Only the
+    parameters' shapes are taken from init (an eager init of the tiny encoder takes seconds).
     """
-    params = model.init(jax.random.key(seed), series)
+    params = jax.eval_shape(model.init, jax.random.key(seed), series)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     new = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]

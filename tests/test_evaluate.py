@@ -11,10 +11,10 @@ from trace_jax.eval import baselines
 
 
 @pytest.fixture(scope="module")
-def split(aligned_workdir, tmp_path_factory):
+def split(aligned_workdir, text_cache_dir):
     """The shared tiny model and the synthetic validation split in load_split's layout."""
     workdir = aligned_workdir
-    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
+    config = tiny_config("align", text_cache_dir, steps=2)
     _, source = load_sources(config.data)
     ex = [source[i] for i in range(len(source))]
     stack = lambda k: np.stack([e[k] for e in ex])

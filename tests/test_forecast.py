@@ -1,7 +1,6 @@
 """Forecasting and classification heads: baselines, the no-leakage retrieval rule on real
 Time-MMD windows, and head-only training that leaves the aligned encoder untouched."""
 
-import pathlib
 
 import jax
 import numpy as np
@@ -76,7 +75,7 @@ def test_retrieval_never_leaks_on_real_time_mmd_windows(domain, aligned):
 
 
 @needs_time_mmd
-def test_head_only_forecasting_and_dlinear_train_on_a_real_build(aligned, tmp_path):
+def test_head_only_forecasting_and_dlinear_train_on_a_real_build(aligned, tmp_path, text_cache_dir):
     import tensorflow_datasets as tfds
 
     builder = tm.TimeMmd(
@@ -102,7 +101,7 @@ def test_head_only_forecasting_and_dlinear_train_on_a_real_build(aligned, tmp_pa
     assert results["dlinear"]["last_value_mse"] == results["series_text"]["last_value_mse"]
     # Head-only: the encoder's parameters are exactly the aligned run's.
     _, trained = read_params(tmp_path / "series_text", config_for(aligned, tmp_path))
-    _, original = read_params(aligned, tiny_config("align", tmp_path / "cache"))
+    _, original = read_params(aligned, tiny_config("align", text_cache_dir))
     for a, b in zip(
         jax.tree.leaves(trained["model"]["encoder"]), jax.tree.leaves(original["model"]["encoder"])
     ):
@@ -116,8 +115,8 @@ def config_for(aligned, tmp_path):
     return config
 
 
-def test_classification_head_on_the_frozen_encoder(aligned, tmp_path):
-    config = tiny_config("classify", tmp_path / "cache")
+def test_classification_head_on_the_frozen_encoder(aligned, tmp_path, text_cache_dir):
+    config = tiny_config("classify", text_cache_dir)
     config.data.name = "synthetic"
     config.classify.update(encoder_from=str(aligned), num_classes=3)
     metrics = train_and_evaluate(config, tmp_path / "cls", ClassifyTask(config))
@@ -125,10 +124,10 @@ def test_classification_head_on_the_frozen_encoder(aligned, tmp_path):
     assert metrics["num_labelled"] > 0
 
 
-def test_forecasting_schema_windows_splits_history_and_target(aligned, tmp_path):
+def test_forecasting_schema_windows_splits_history_and_target(aligned, tmp_path, text_cache_dir):
     """Windows of any schema data set (here the synthetic one, as for Weather-Captioned): the
     last `horizon` steps are the target, channels standardised with the training split."""
-    config = tiny_config("forecast", tmp_path / "cache")
+    config = tiny_config("forecast", text_cache_dir)
     config.data.name = "synthetic"
     config.forecast.update(horizon=16, encoder_from=str(aligned), rag="series_text")
     task = ForecastTask(config)

@@ -10,8 +10,8 @@ from trace_jax.retrieval.index import Index
 
 
 @pytest.fixture(scope="module")
-def index(aligned_workdir, tmp_path_factory):
-    config = tiny_config("align", tmp_path_factory.mktemp("text_cache"), steps=2)
+def index(aligned_workdir, text_cache_dir):
+    config = tiny_config("align", text_cache_dir, steps=2)
     _, source = load_sources(config.data)
     model = trace_jax.load(aligned_workdir)
     return Index.from_examples(model, [source[i] for i in range(len(source))])

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from tests.helpers import REPO, read_params, subprocess_env, tiny_config
+from trace_jax.distributed import with_host_device_count
 
 
 def losses(workdir):
@@ -50,8 +51,8 @@ def run(workdir, cache, processes, devices):
     return result.stdout
 
 
-def test_two_processes_train_checkpoint_restore_and_match_one_process(tmp_path):
-    cache = tmp_path / "cache"
+def test_two_processes_train_checkpoint_restore_and_match_one_process(tmp_path, text_cache_dir):
+    cache = text_cache_dir
     single = run(tmp_path / "single", cache, 1, 8)
     assert "final validation" in single
     multi = tmp_path / "multi"
@@ -71,3 +72,12 @@ def test_two_processes_train_checkpoint_restore_and_match_one_process(tmp_path):
     assert step == 6
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_child_processes_keep_the_callers_xla_flags_with_their_own_device_count():
+    flags = "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8 --xla_cpu_foo=1"
+    assert with_host_device_count(flags, 4) == (
+        "--xla_dump_to=/tmp/d --xla_cpu_foo=1 --xla_force_host_platform_device_count=4"
+    )
+    assert with_host_device_count(flags, None) == "--xla_dump_to=/tmp/d --xla_cpu_foo=1"
+    assert with_host_device_count("", 2) == "--xla_force_host_platform_device_count=2"

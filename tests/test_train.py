@@ -28,11 +28,6 @@ from trace_jax.model.heads import AlignModel
 from trace_jax.train.losses import masked_reconstruction_loss, patches_to_reconstruct
 
 
-@pytest.fixture(scope="module")
-def text_cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("text_cache"))
-
-
 @pytest.mark.parametrize("stage", ["align", "pretrain"])
 def test_tiny_run_trains_evaluates_and_checkpoints(stage, tmp_path, text_cache_dir):
     config = tiny_config(stage, text_cache_dir)
