@@ -7,10 +7,10 @@ them too.
 
 The suite compiles far more than it runs: each tiny training step takes 0.02 s and its
 compilation 12 s, most of it LLVM optimising ~800 kernels. At LLVM -O0 the same compilation
-takes 7 s and the whole suite about half its time (BENCHMARKS.md, "Test-suite time"). What the
-tests check (outputs against references within tolerances, runs against each other bit for
-bit) does not depend on how well XLA's kernels are optimised; the benchmarks and `make run` use
-the default level.
+takes 7 s, and the suite took about a fifth less time (BENCHMARKS.md, "Test-suite time").
+What the tests check (outputs against references within tolerances, runs against each other
+bit for bit) does not depend on how well XLA's kernels are optimised; the benchmarks and
+`make run` use the default level.
 """
 
 import os
