@@ -52,21 +52,20 @@ def run(workdir, cache, processes, devices):
 
 
 def test_two_processes_train_checkpoint_restore_and_match_one_process(tmp_path, text_cache_dir):
-    cache = text_cache_dir
-    single = run(tmp_path / "single", cache, 1, 8)
+    single = run(tmp_path / "single", text_cache_dir, 1, 8)
     assert "final validation" in single
     multi = tmp_path / "multi"
-    out = run(multi, cache, 2, 4)
+    out = run(multi, text_cache_dir, 2, 4)
     assert "[0] final validation" in out
     np.testing.assert_allclose(
         list(losses(multi).values()), list(losses(tmp_path / "single").values()), rtol=1e-5
     )
-    config = tiny_config("align", cache)
+    config = tiny_config("align", text_cache_dir)
     _, whole = read_params(multi, config)
     # Restore: drop the final checkpoint and rerun; both processes resume at step 3.
     shutil.rmtree(multi / "checkpoints" / "6")
     (multi / "metrics.jsonl").unlink()
-    run(multi, cache, 2, 4)
+    run(multi, text_cache_dir, 2, 4)
     assert sorted(losses(multi)) == [4, 5, 6]
     step, resumed = read_params(multi, config)
     assert step == 6
