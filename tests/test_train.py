@@ -12,6 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl import flags
 
@@ -26,6 +27,8 @@ from trace_jax.train.checkpoint import Checkpointer
 from trace_jax.train.loop import initial_state, build_trainer, example_batch, train_and_evaluate
 from trace_jax.model.heads import AlignModel
 from trace_jax.train.losses import masked_reconstruction_loss, patches_to_reconstruct
+from trace_jax.forecast.models import ClassifierModel
+from trace_jax.train.state import head_and_last_blocks, make_optimizer
 
 
 @pytest.mark.parametrize("stage", ["align", "pretrain"])
@@ -124,6 +127,51 @@ def test_unnamed_matrix_parameters_are_refused():
     with pytest.raises(ValueError, match="no logical axes"):
         logical_axes("model/encoder/new_layer/kernel", 2)
     assert logical_axes("model/encoder/new_layer/bias", 1) == (None,)
+
+
+def tuned_layer_updates(scan_layers, num_layers=3, tune_last_blocks=1):
+    """Two optimizer steps of light tuning on a classifier: {layer or part: max |change|}."""
+    cfg = dataclasses.replace(TINY, num_layers=num_layers, scan_layers=scan_layers)
+    model = ClassifierModel(cfg, num_classes=3)
+    series, observed = awkward_inputs(2, 3, 16, seed=0)
+    batch = {"series": series, "observed": observed, "channel_ids": np.zeros((2, 3), np.int32)}
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]
+    params = {"model": jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)}
+    train = tiny_config("classify", "unused").train
+    optimizer = make_optimizer(
+        train, lambda p: head_and_last_blocks(p, num_layers, tune_last_blocks)
+    )
+    opt_state, new = optimizer.init(params), params
+    for _ in range(2):  # the first step's learning rate is warmup's 0
+        grads = jax.tree.map(jnp.ones_like, new)
+        updates, opt_state = optimizer.update(grads, opt_state, new)
+        new = optax.apply_updates(new, updates)
+    change = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)), new, params)
+    encoder = change["model"].pop("encoder")
+    out = {"head": max(float(x.max()) for x in jax.tree.leaves(change["model"]))}
+    if scan_layers:
+        blocks = jax.tree.leaves(encoder.pop("blocks"))
+        for i in range(num_layers):
+            out[f"block_{i}"] = max(float(x[i].max()) for x in blocks)
+    else:
+        for i in range(num_layers):
+            out[f"block_{i}"] = max(
+                float(x.max()) for x in jax.tree.leaves(encoder.pop(f"block_{i}"))
+            )
+    out["rest of the encoder"] = max(float(x.max()) for x in jax.tree.leaves(encoder))
+    return out
+
+
+def test_light_tuning_trains_only_the_last_blocks_scanned_or_not():
+    """tune_last_blocks must also work on stacked (model.scan_layers) blocks, where a leaf
+    holds every layer: the frozen layers stay put (no update, no weight decay) and the tuned
+    one moves exactly as it does with one leaf per block (same clipping norm)."""
+    looped, scanned = tuned_layer_updates(False), tuned_layer_updates(True)
+    for change in (looped, scanned):
+        assert change["head"] > 0 and change["block_2"] > 0
+        assert change["block_0"] == change["block_1"] == change["rest of the encoder"] == 0
+    np.testing.assert_allclose(scanned["block_2"], looped["block_2"], rtol=1e-6)
+    np.testing.assert_allclose(scanned["head"], looped["head"], rtol=1e-6)
 
 
 def main_command(workdir, text_cache_dir, steps):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 
@@ -23,8 +24,9 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """AdamW with warmup+cosine and global-norm clipping; no decay on biases, norms, scalars.
 
-    trainable: optional params -> pytree of bools; parameters marked False never change (a
-    frozen encoder under a trained head) and carry no Adam moments.
+    trainable: optional params -> pytree of marks; a leaf marked False never changes (a frozen
+    encoder under a trained head) and carries no Adam moments. A boolean array mark freezes part
+    of a leaf: `head_and_last_blocks` gives stacked (scanned) blocks one mark per layer.
     """
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     adamw = optax.chain(
@@ -35,18 +37,38 @@ def make_optimizer(
     )
     if trainable is None:
         return adamw
-    labels = lambda params: jax.tree.map(lambda t: "train" if t else "freeze", trainable(params))
-    return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels)
+    labels = lambda params: jax.tree.map(
+        lambda mark: "train" if np.any(mark) else "freeze", trainable(params)
+    )
+    by_leaf = optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels)
+
+    def zero_frozen_layers(updates, params):
+        # np.ndim(True) == 0: whole leaves pass through; multi_transform already handles them.
+        keep = lambda u, mark: u * mark if np.ndim(mark) else u
+        return jax.tree.map(keep, updates, trainable(params))
+
+    # Before AdamW, so frozen layers neither count in the clipping norm nor build moments; after
+    # it, so weight decay does not shrink them.
+    return optax.chain(
+        optax.stateless(zero_frozen_layers), by_leaf, optax.stateless(zero_frozen_layers)
+    )
 
 
 def head_and_last_blocks(params, num_layers: int, tune_last_blocks: int):
     """Trainable marks for a head on a frozen encoder: all but `encoder`, plus its last
-    `tune_last_blocks` blocks (light tuning)."""
-    tuned = {f"block_{i}" for i in range(num_layers - tune_last_blocks, num_layers)}
+    `tune_last_blocks` blocks (light tuning). Blocks stacked by `model.scan_layers` (one leaf,
+    leading axis = layer) get a boolean array mark, one entry per layer."""
+    first_tuned = num_layers - tune_last_blocks
+    tuned = {f"block_{i}" for i in range(first_tuned, num_layers)}
 
-    def mark(path, _):
+    def mark(path, leaf):
         keys = [getattr(k, "key", None) for k in path]
-        return "encoder" not in keys or any(k in tuned for k in keys)
+        if "encoder" not in keys:
+            return True
+        if "blocks" in keys:
+            per_layer = np.arange(num_layers) >= first_tuned
+            return per_layer.reshape((num_layers,) + (1,) * (np.ndim(leaf) - 1))
+        return any(k in tuned for k in keys)
 
     return jax.tree_util.tree_map_with_path(mark, params)
 
