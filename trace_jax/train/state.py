@@ -19,6 +19,13 @@ def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
+def decays(path, param) -> bool:
+    """Weight decay for matrices only: not biases, norm scales or scalars. Blocks stacked by
+    `model.scan_layers` carry a leading layer axis, which does not make a bias a matrix."""
+    stacked = any(getattr(k, "key", None) == "blocks" for k in path)
+    return param.ndim - stacked >= 2
+
+
 def make_optimizer(
     train: ml_collections.ConfigDict, trainable=None
 ) -> optax.GradientTransformation:
@@ -28,7 +35,7 @@ def make_optimizer(
     encoder under a trained head) and carries no Adam moments. A boolean array mark freezes part
     of a leaf: `head_and_last_blocks` gives stacked (scanned) blocks one mark per layer.
     """
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(decays, params)
     adamw = optax.chain(
         optax.clip_by_global_norm(train.grad_clip),
         optax.adamw(
