@@ -27,6 +27,10 @@ def get_config(arg=None):
     # K=16, and K=8 collapsed: that variant uses every in-batch negative.
     variant = presets.parse_arg(arg, ("", "cpu", "tiny"))
     c.align.hard_negatives = 0 if variant == "cpu" else 32
+    # In-batch pairs with the same caption or series window as a pair (or, at the channel level,
+    # the same channel text) are not its negatives. False: every other pair is, as in the paper,
+    # though no model can rank one of two equal texts above the other.
+    c.align.exclude_duplicates = True
     # Heads of the optional CIT <-> channel-text cross-attention before the channel loss;
     # 0 = off. Training only: retrieval embeddings never depend on text.
     c.align.cross_attention_heads = 0

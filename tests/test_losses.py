@@ -23,7 +23,7 @@ def _normalise(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def reference_info_nce(s, t, temperature, valid=None, k=None):
+def reference_info_nce(s, t, temperature, valid=None, k=None, duplicate=None):
     """Loops over anchors; log-softmax over the positive and the kept negatives."""
     s, t = _normalise(s), _normalise(t)
     n = len(s)
@@ -35,7 +35,11 @@ def reference_info_nce(s, t, temperature, valid=None, k=None):
         for i in range(n):
             if not valid[i]:
                 continue
-            negatives = [j for j in range(n) if j != i and valid[j]]
+            negatives = [
+                j
+                for j in range(n)
+                if j != i and valid[j] and (duplicate is None or not duplicate[i, j])
+            ]
             if k is not None:
                 negatives = sorted(negatives, key=lambda j: -sim[i, j])[:k]
             logits = sim[i, [i] + negatives] / temperature
@@ -99,6 +103,80 @@ def test_info_nce_invalid_rows(k):
     np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
 
 
+@pytest.mark.parametrize("k", [None, 2])
+def test_info_nce_duplicates_are_no_negatives(k):
+    s, t = _embeddings(10, 6, seed=4)
+    rng = np.random.default_rng(5)
+    duplicate = rng.random((10, 10)) < 0.3
+    duplicate = duplicate | duplicate.T
+    valid = rng.random(10) > 0.2
+    loss, _ = info_nce(
+        s, t, temperature=0.1, valid=valid, hard_negatives=k, duplicate=jnp.asarray(duplicate)
+    )
+    expected = reference_info_nce(s, t, 0.1, valid, k, duplicate)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_channel_texts_leave_a_perfect_model_at_zero_error():
+    """Three channels sharing one text (Weather-Captioned's wind channels): counted as each
+    other's negatives they tie with the positive, so even a perfect model has loss log 3 and
+    half its anchors wrong; marked as duplicates, only the other roles are negatives."""
+    roles = np.array([0, 1, 1, 1, 2, 3])
+    text = np.eye(8, dtype=np.float32)[roles]
+    tau = 0.5
+    duplicate = losses.same_content(losses.content_keys(jnp.asarray(text))[:, None])
+    np.testing.assert_array_equal(duplicate, roles[:, None] == roles[None, :])
+    for k in (None, 1):
+        _, paper = info_nce(text, text, temperature=tau, hard_negatives=k)
+        assert float(paper["acc_s2t"]) == float(paper["acc_t2s"]) == 0.5
+        loss, ours = info_nce(text, text, temperature=tau, hard_negatives=k, duplicate=duplicate)
+        assert float(ours["acc_s2t"]) == float(ours["acc_t2s"]) == 1.0
+        # Each anchor: its positive (cosine 1) against the other roles' texts (cosine 0), all
+        # of them also with k=1 (tied with the hardest).
+        others = np.array([5, 3, 3, 3, 5, 5])
+        per_anchor = np.log(np.exp(1 / tau) + others) - 1 / tau
+        np.testing.assert_allclose(float(loss), per_anchor.mean(), rtol=1e-5)
+
+
+def test_content_keys_tell_equal_rows_from_different_ones():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 384)).astype(np.float32)
+    x[2] = x[0]
+    x[3] = x[0]
+    x[3, 100] = np.nextafter(x[3, 100], np.float32(np.inf))  # one bit apart
+    same = np.asarray(losses.same_content(losses.content_keys(jnp.asarray(x))[:, None]))
+    np.testing.assert_array_equal(same, [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]])
+
+
+def test_alignment_duplicate_keys_see_equal_captions_series_and_channel_texts():
+    from trace_jax.train.align import duplicate_keys
+
+    rng = np.random.default_rng(1)
+    b, c, t, d = 4, 3, 12, 8
+    series = rng.normal(size=(b, c, t)).astype(np.float32)
+    observed = rng.random((b, c, t)) > 0.2
+    series[1], observed[1] = series[0], observed[0]  # one window, two reports (Time-MMD)
+    series[1][~observed[1]] = 123.0  # unobserved values are not part of the window
+    text = rng.normal(size=(b, d)).astype(np.float32)
+    text[3] = text[2]  # one caption on two windows
+    channel_text = rng.normal(size=(b, c, d)).astype(np.float32)
+    channel_text[:, 2] = channel_text[:, 1]  # two channels described by one sentence
+    keys = duplicate_keys(
+        {
+            "series": series,
+            "observed": observed,
+            "text_embedding": text,
+            "channel_text_embedding": channel_text,
+        }
+    )
+    sample = np.asarray(losses.same_content(keys["sample_keys"]))
+    expected = np.eye(b, dtype=bool)
+    expected[0, 1] = expected[1, 0] = expected[2, 3] = expected[3, 2] = True
+    np.testing.assert_array_equal(sample, expected)
+    channel = np.asarray(losses.same_content(keys["channel_keys"].reshape(b * c, 1, 2)))
+    assert channel.sum() == b * c + 2 * b and channel[1, 2] and channel[4, 5]
+
+
 def test_info_nce_all_invalid_is_zero_and_finite():
     s, t = _embeddings(4, 3, 2)
     valid = jnp.zeros(4, bool)
@@ -138,7 +216,7 @@ def test_hard_negatives_tied_with_the_kth_are_all_kept():
     t = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, 0.8], [-1.0, 0.0]], np.float32)
     sim = s @ t.T
     per_anchor, _ = losses._direction(  # pylint: disable=protected-access
-        jnp.asarray(sim), jnp.asarray(sim), jnp.ones(4, bool), 1
+        jnp.asarray(sim), jnp.asarray(sim), jnp.ones(4, bool), 1, None
     )
     expected = np.log(np.exp(sim[0, 0]) + 2 * np.exp(sim[0, 1])) - sim[0, 0]
     np.testing.assert_allclose(per_anchor[0], expected, rtol=1e-6)

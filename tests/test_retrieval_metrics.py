@@ -4,7 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trace_jax.eval.retrieval_metrics import exact_pair_metrics, label_metrics
+from trace_jax.eval.retrieval_metrics import (
+    exact_pair_metrics,
+    label_metrics,
+    series_series_metrics,
+    text_series_metrics,
+)
 
 
 def test_exact_perfect_reversed_ties():
@@ -158,3 +163,27 @@ def test_exclusions_and_candidate_masks_match_brute_force():
     ranks = [1 + np.sum((sim[q] > sim[q, q]) & allowed[q]) for q in range(30)]
     assert got["hit@1"] == pytest.approx(np.mean(np.array(ranks) <= 1))
     assert got["mrr"] == pytest.approx(np.mean(1.0 / np.array(ranks)))
+
+
+def test_label_metrics_skip_unlabelled_items_instead_of_the_whole_metric():
+    """Weather-Captioned blocks with no condition reading carry label -1: the label metrics
+    cover the labelled pairs rather than disappearing for every pair."""
+    rng = np.random.default_rng(3)
+    sim = rng.normal(size=(12, 12))
+    labels = rng.integers(0, 3, 12)
+    labels[[2, 7]] = -1
+    found = text_series_metrics(sim, labels)
+    keep = labels >= 0
+    for name, s in (("text->series", sim), ("series->text", sim.T)):
+        subset = label_metrics(s[keep][:, keep], labels[keep], labels[keep], ks=(1, 5))
+        for key in ("label_p@1", "label_p@5", "label_mrr"):
+            assert found[name][key] == subset[key]
+        assert found[name]["n_labelled_queries"] == 10 and found[name]["n_queries"] == 12
+        assert found[name]["hit@10"] == exact_pair_metrics(s)["hit@10"]
+    assert "label_p@1" not in text_series_metrics(sim, np.full(12, -1))["text->series"]
+    exclude = np.eye(12, dtype=bool)
+    ss = series_series_metrics(sim, labels, exclude)["series->series"]
+    expected = label_metrics(
+        sim[keep][:, keep], labels[keep], labels[keep], ks=(1, 5), exclude=exclude[keep][:, keep]
+    )
+    assert ss == expected and series_series_metrics(sim, np.full(12, -1), exclude) == {}

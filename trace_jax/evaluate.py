@@ -31,6 +31,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from trace_jax.eval.retrieval_metrics import series_series_metrics, text_series_metrics
+
 _MODELS = flags.DEFINE_list("models", [], "name=path pairs (workdir or export); path alone ok.")
 _DATASET = flags.DEFINE_string("dataset", "weather_captioned", "weather_captioned or time_mmd.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data_dir", "Built TFDS data sets.")
@@ -93,33 +95,6 @@ def same_group_mask(data):
         return None
     g = data["group"][data["has_text"]]
     return g[:, None] == g[None, :]
-
-
-def text_series_metrics(sim_ts, labels, same_group=None) -> dict:
-    """Both directions of an exact-pair (texts x series) similarity matrix."""
-    from trace_jax.eval.retrieval_metrics import exact_pair_metrics, label_metrics
-
-    out = {}
-    for name, s in (("text->series", sim_ts), ("series->text", sim_ts.T)):
-        m = exact_pair_metrics(s, ks=(1, 5, 10))
-        if (labels >= 0).all():
-            m.update(label_metrics(s, labels, labels, ks=(1, 5)))
-        out[name] = m
-        if same_group is not None:
-            out[f"{name} (within domain)"] = exact_pair_metrics(
-                s, ks=(1, 5, 10), candidate_mask=same_group
-            )
-    return out
-
-
-def series_series_metrics(sim, labels, exclude) -> dict:
-    from trace_jax.eval.retrieval_metrics import label_metrics
-
-    keep = labels >= 0
-    if not keep.any():
-        return {}
-    sim, exclude, labels = sim[keep][:, keep], exclude[keep][:, keep], labels[keep]
-    return {"series->series": label_metrics(sim, labels, labels, ks=(1, 5), exclude=exclude)}
 
 
 def evaluate_model(model, data) -> dict:

@@ -55,7 +55,7 @@ def exact_pair_metrics(
     nq, nc = _shape(sim)
     if nq > nc:
         raise ValueError(
-            f"query i pairs with candidate i: need n_queries <= n_candidates, " f"got {nq} > {nc}"
+            f"query i pairs with candidate i: need n_queries <= n_candidates, got {nq} > {nc}"
         )
     ks = _check_ks(ks)
     ranks = np.zeros(nq, np.int64)  # one int per query; the blocks are never kept
@@ -151,3 +151,43 @@ def label_metrics(
     out["label_mrr"] = float(np.mean(rr)) if nq else 0.0
     out["n_queries"] = float(nq)
     return out
+
+
+def labelled_label_metrics(sim, query_labels, candidate_labels, ks=(1, 5), *, exclude=None):
+    """label_metrics over the queries and candidates that have a label (>= 0): an unlabelled
+    item (a Weather-Captioned block with no condition reading) is neither right nor wrong.
+    {} when no query or no candidate has one; n_queries counts the labelled queries."""
+    qlab, clab = np.asarray(query_labels), np.asarray(candidate_labels)
+    q, c = qlab >= 0, clab >= 0
+    if not q.any() or not c.any():
+        return {}
+    sim = np.asarray(sim)[q][:, c]
+    if exclude is not None:
+        exclude = np.asarray(exclude)[q][:, c]
+    return label_metrics(sim, qlab[q], clab[c], ks=ks, exclude=exclude)
+
+
+def text_series_metrics(sim_ts, labels, same_group=None) -> Dict[str, Dict[str, float]]:
+    """Both directions of an exact-pair (texts x series) similarity matrix: hit@1/5/10 and MRR
+    of the pair, label P@1/5 and MRR over the labelled pairs, and with `same_group` ((texts,
+    texts) bool) the exact-pair metrics within a group (domain)."""
+    out = {}
+    for name, s in (("text->series", sim_ts), ("series->text", np.asarray(sim_ts).T)):
+        m = exact_pair_metrics(s, ks=(1, 5, 10))
+        labelled = labelled_label_metrics(s, labels, labels, ks=(1, 5))
+        if labelled:
+            m.update({k: v for k, v in labelled.items() if k != "n_queries"})
+            m["n_labelled_queries"] = labelled["n_queries"]
+        out[name] = m
+        if same_group is not None:
+            out[f"{name} (within domain)"] = exact_pair_metrics(
+                s, ks=(1, 5, 10), candidate_mask=same_group
+            )
+    return out
+
+
+def series_series_metrics(sim, labels, exclude) -> Dict[str, Dict[str, float]]:
+    """Label retrieval among the series, `exclude` ((n, n) bool) dropping each query itself and
+    whatever else must not count (windows overlapping it in time); {} when none is labelled."""
+    found = labelled_label_metrics(sim, labels, labels, ks=(1, 5), exclude=exclude)
+    return {"series->series": found} if found else {}

@@ -9,15 +9,32 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trace_jax.eval.retrieval_metrics import exact_pair_metrics, label_metrics
+from trace_jax.eval.retrieval_metrics import text_series_metrics
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
 from trace_jax.train.losses import (
+    content_keys,
     masked_reconstruction_loss,
     patches_to_reconstruct,
     random_series_patch_mask,
     sample_and_channel_loss,
 )
+
+
+def duplicate_keys(batch) -> dict:
+    """Content keys of what makes two pairs the same: a sample's caption or its series window
+    (Time-MMD ties several reports to one window), a channel's text (Weather-Captioned gives its
+    three wind channels one sentence)."""
+    usable = batch["observed"] & jnp.isfinite(batch["series"])
+    series = jnp.where(usable, batch["series"], jnp.nan)
+    sample = [
+        content_keys(batch["text_embedding"]),
+        content_keys(series.reshape(*series.shape[:1], -1)),
+    ]
+    return {
+        "sample_keys": jnp.stack(sample, axis=-2),
+        "channel_keys": content_keys(batch["channel_text_embedding"])[..., None, :],
+    }
 
 
 class AlignTask:
@@ -78,6 +95,7 @@ class AlignTask:
             temperature=self.temperature(params),
             channel_weight=self.config.channel_weight,
             hard_negatives=self.config.hard_negatives,
+            **(duplicate_keys(batch) if self.config.exclude_duplicates else {}),
         )
         if self.model.reconstruct:
             recon, recon_metrics = masked_reconstruction_loss(
@@ -111,12 +129,10 @@ class AlignTask:
         """text->series and series->text retrieval of the exact pair among the evaluation set."""
         keep = outputs["has_text"].astype(bool)
         series, text = outputs["series"][keep], outputs["text"][keep]
-        labels = outputs["label"][keep]
-        sim = text @ series.T  # (texts, series)
+        found = text_series_metrics(text @ series.T, outputs["label"][keep])
         metrics = {"num_pairs": float(keep.sum())}
-        for name, s in (("t2s", sim), ("s2t", sim.T)):
-            found = exact_pair_metrics(s)
-            if (labels >= 0).all():
-                found.update(label_metrics(s, labels, labels))
-            metrics.update({f"{name}_{k}": v for k, v in found.items() if k != "n_queries"})
+        for name, short in (("text->series", "t2s"), ("series->text", "s2t")):
+            metrics.update(
+                {f"{short}_{k}": v for k, v in found[name].items() if not k.startswith("n_")}
+            )
         return metrics

@@ -76,7 +76,11 @@ def kth_largest(scores: jnp.ndarray, k: int) -> jnp.ndarray:
 
 
 def _direction(
-    logits: jnp.ndarray, sim: jnp.ndarray, valid: jnp.ndarray, k: Optional[int]
+    logits: jnp.ndarray,
+    sim: jnp.ndarray,
+    valid: jnp.ndarray,
+    k: Optional[int],
+    duplicate: Optional[jnp.ndarray],
 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Per-anchor InfoNCE and top-1 correctness with rows as anchors, columns as candidates.
 
@@ -86,6 +90,8 @@ def _direction(
     n = logits.shape[0]
     eye = jnp.eye(n, dtype=bool)
     negative = valid[None, :] & ~eye  # candidate j is a usable negative for anchor i
+    if duplicate is not None:
+        negative = negative & ~duplicate
     if k is not None and k < n - 1:
         # Hard negatives: the K most similar valid cross-modal candidates other than the positive
         # (with fewer than K valid ones the threshold is -inf and all of them stay).
@@ -107,6 +113,7 @@ def info_nce(
     temperature: Any,
     valid: Optional[jnp.ndarray] = None,
     hard_negatives: HardNegatives = None,
+    duplicate: Optional[jnp.ndarray] = None,
 ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
     """Bidirectional InfoNCE; row i of `series_emb` and of `text_emb` form a positive pair.
 
@@ -120,6 +127,9 @@ def info_nce(
     and per direction, only the K valid negatives of highest cosine similarity (the positive
     always stays in the softmax). With fewer than K valid negatives, all of them are kept;
     negatives tied with the K-th are all kept. The selection is not differentiated through.
+    duplicate: optional (n, n) bool, symmetric: pair j repeats pair i (the same text or the same
+    series) and is no negative of it in either direction. Without it, a batch holding one text
+    twice asks each copy to rank its own series above the other's, which no model can do.
 
     Returns (loss, metrics) with loss = 0.5 * (L_s->t + L_t->s) and metrics loss_s2t,
     loss_t2s, acc_s2t, acc_t2s (positive strictly above every kept-or-not valid negative)
@@ -141,8 +151,12 @@ def info_nce(
     sim = jnp.matmul(s, t.T, precision=jax.lax.Precision.HIGHEST)  # (n_series, n_text)
     logits = sim / jnp.asarray(temperature, jnp.float32)
 
-    loss_s2t, correct_s2t = _direction(logits, sim, valid, k)
-    loss_t2s, correct_t2s = _direction(logits.T, sim.T, valid, k)
+    if duplicate is not None:
+        duplicate = jnp.asarray(duplicate).astype(bool).reshape(n, n)
+    loss_s2t, correct_s2t = _direction(logits, sim, valid, k, duplicate)
+    loss_t2s, correct_t2s = _direction(
+        logits.T, sim.T, valid, k, None if duplicate is None else duplicate.T
+    )
 
     count = jnp.sum(valid.astype(jnp.float32))
     denom = jnp.maximum(count, 1.0)
@@ -163,6 +177,22 @@ def info_nce(
     return loss, metrics
 
 
+def content_keys(x: jnp.ndarray) -> jnp.ndarray:
+    """(..., d) float -> (..., 2) uint32: two hashes of each row's bits. Equal rows get equal
+    keys; two different rows share both with a probability of order 2^-60. Exact where a float
+    projection is not: a random projection of different rows can round to the same value."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    d = x.shape[-1]
+    # Fixed odd multipliers (uint32 arithmetic wraps: a multiply-add hash mod 2^32).
+    multipliers = np.random.default_rng(0x7ACE).integers(0, 2**31, (2, d), np.uint32) * 2 + 1
+    return jnp.stack([jnp.sum(bits * m, axis=-1, dtype=jnp.uint32) for m in multipliers], -1)
+
+
+def same_content(keys: jnp.ndarray) -> jnp.ndarray:
+    """(n, G, 2) keys of G inputs per row -> (n, n) bool: rows equal in at least one input."""
+    return jnp.any(jnp.all(keys[:, None] == keys[None, :], axis=-1), axis=-1)
+
+
 def sample_and_channel_loss(
     cls_emb: jnp.ndarray,
     text_emb: jnp.ndarray,
@@ -174,6 +204,8 @@ def sample_and_channel_loss(
     temperature: Any,
     channel_weight: Any,
     hard_negatives: HardNegatives = None,
+    sample_keys: Optional[jnp.ndarray] = None,
+    channel_keys: Optional[jnp.ndarray] = None,
 ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
     """TRACE alignment loss
     L = 0.5 (L_s->t + L_t->s) + channel_weight * 0.5 (L^ch_s->t + L^ch_t->s).
@@ -184,7 +216,10 @@ def sample_and_channel_loss(
     present and has its own text. The channel level flattens to B*C rows, so a channel's
     negatives are the other channels of the same sample and every channel of the other samples;
     its valid rows are channel_valid & has_text[:, None]. The same `hard_negatives` applies to
-    both levels.
+    both levels. sample_keys (B, G, 2) and channel_keys (B, C, G, 2): optional `content_keys` of
+    G inputs of each pair (its text, its series); pairs equal in any of them are no negatives of
+    each other (`info_nce`'s `duplicate`). Without them every other pair is a negative, as in
+    the paper.
     """
     b, c = channel_valid.shape
     if (
@@ -198,8 +233,14 @@ def sample_and_channel_loss(
             f"channel_valid {channel_valid.shape}"
         )
     has_text = jnp.asarray(has_text).astype(bool)
+    same = lambda keys: None if keys is None else same_content(keys.reshape(-1, *keys.shape[-2:]))
     sample_loss, sm = info_nce(
-        cls_emb, text_emb, temperature=temperature, valid=has_text, hard_negatives=hard_negatives
+        cls_emb,
+        text_emb,
+        temperature=temperature,
+        valid=has_text,
+        hard_negatives=hard_negatives,
+        duplicate=same(sample_keys),
     )
     ch_valid = (jnp.asarray(channel_valid).astype(bool) & has_text[:, None]).reshape(b * c)
     d = cit_emb.shape[-1]
@@ -209,6 +250,7 @@ def sample_and_channel_loss(
         temperature=temperature,
         valid=ch_valid,
         hard_negatives=hard_negatives,
+        duplicate=same(channel_keys),
     )
     loss = sample_loss + jnp.asarray(channel_weight, jnp.float32) * channel_loss
     metrics = {
