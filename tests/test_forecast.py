@@ -1,6 +1,7 @@
 """Forecasting and classification heads: baselines, the no-leakage retrieval rule on real
 Time-MMD windows, and head-only training that leaves the aligned encoder untouched."""
 
+import dataclasses
 
 import jax
 import numpy as np
@@ -139,3 +140,21 @@ def test_forecasting_schema_windows_splits_history_and_target(aligned, tmp_path,
     assert x["rag_valid"].dtype == bool and x["rag_series"].shape == (5, 32)
     metrics = train_and_evaluate(config, tmp_path / "fc", ForecastTask(config))
     assert np.isfinite(metrics["mse"]) and metrics["seasonal_naive_mse"] > 0
+
+
+def test_a_frozen_encoder_runs_without_dropout_under_a_training_head():
+    """Head-only training sees the features evaluation sees; a tuned encoder keeps dropout."""
+    from tests.test_encoder import TINY, awkward_inputs
+    from trace_jax.forecast.models import ClassifierModel
+
+    config = dataclasses.replace(TINY, dropout=0.3)
+    series, observed = awkward_inputs(2, 3, 16, seed=0)
+    batch = {"series": series, "observed": observed, "channel_ids": np.zeros((2, 3), np.int32)}
+    for frozen in (True, False):
+        model = ClassifierModel(config, num_classes=3, frozen_encoder=frozen)
+        params = model.init(jax.random.key(0), batch)
+        logits = jax.jit(
+            lambda p, rng: model.apply(p, batch, deterministic=False, rngs={"dropout": rng})
+        )
+        a, b = logits(params, jax.random.key(1)), logits(params, jax.random.key(2))
+        assert np.array_equal(a, b) == frozen

@@ -13,9 +13,13 @@ RAG_MODES = ("none", "series", "series_text")
 
 
 def encode(config: EncoderConfig, batch, deterministic: bool, frozen: bool) -> dict:
-    """The encoder's outputs for a batch; constants for the backward pass when frozen."""
+    """The encoder's outputs for a batch. Frozen: constants for the backward pass, and no
+    dropout, so a head trains on the features it is evaluated on."""
     out = TraceEncoder(config, name="encoder")(
-        batch["series"], batch["observed"], batch["channel_ids"], deterministic=deterministic
+        batch["series"],
+        batch["observed"],
+        batch["channel_ids"],
+        deterministic=deterministic or frozen,
     )
     return jax.lax.stop_gradient(out) if frozen else out
 

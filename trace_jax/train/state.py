@@ -96,13 +96,21 @@ def init_state(task, optimizer, seed: int, batch) -> dict:
 def make_train_step(task, optimizer, schedule: optax.Schedule):
     """(state, batch) -> (state, metrics), pure; the caller jits it with shardings."""
 
+    trainable = getattr(task, "trainable", None)
+
+    def trained_part(grads, params):
+        # The norm that clipping sees: frozen parameters' gradients are never applied.
+        if trainable is None:
+            return grads
+        return jax.tree.map(lambda g, mark: jnp.where(mark, g, 0.0), grads, trainable(params))
+
     def train_step(state, batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         (_, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(
             state["params"], batch, rng
         )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(trained_part(grads, state["params"]))
         metrics["learning_rate"] = schedule(state["step"])
         new_state = {
             "step": state["step"] + 1,
