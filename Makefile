@@ -30,9 +30,15 @@ test: setup
 FIND_TCMALLOC := from trace_jax.allocator import find_tcmalloc; print(find_tcmalloc() or "")
 TCMALLOC ?= $(shell $(PY) -c '$(FIND_TCMALLOC)')
 
+# VARIANT: cpu (default), tiny, or paper (the paper-size model, for accelerators). Each variant
+# trains in its own workdir: a run resumes only from a checkpoint of its own config.
+VARIANT ?= cpu
+CONFIG_VARIANT := $(if $(filter paper,$(VARIANT)),,:$(VARIANT))
+DEFAULT_WORKDIR := runs/align$(if $(filter cpu,$(VARIANT)),,_$(VARIANT))
+
 run: setup
-	LD_PRELOAD=$(TCMALLOC) $(PY) -m trace_jax.main --config=configs/align.py:$(or $(VARIANT),cpu) \
-		--workdir=$(or $(WORKDIR),runs/align)
+	LD_PRELOAD=$(TCMALLOC) $(PY) -m trace_jax.main --config=configs/align.py$(CONFIG_VARIANT) \
+		--workdir=$(or $(WORKDIR),$(DEFAULT_WORKDIR))
 
 bench: setup
 	$(PY) benchmarks/attention_scaling.py
