@@ -51,7 +51,7 @@ def test_golden_embeddings(golden, golden_out):
     assert golden_out.shape == (24, 384) and golden_out.dtype == np.float32
     diff = float(np.abs(golden_out - ref).max())
     print(f"golden max abs difference: {diff:.3e}")
-    assert diff <= 1e-5
+    assert diff <= 2e-6  # 2e-7 to 4e-7 measured on Zen 5 and Zen 3
     np.testing.assert_allclose(np.linalg.norm(golden_out, axis=1), 1.0, atol=1e-5)
 
 
@@ -109,7 +109,7 @@ def test_order_restored_with_small_batches(encoder, golden, golden_out, kwargs):
     perm = np.random.default_rng(0).permutation(len(texts))
     out = small.embed([texts[i] for i in perm])
     np.testing.assert_allclose(out, golden_out[perm], atol=1e-6, rtol=0)
-    assert float(np.abs(out - ref[perm]).max()) <= 1e-5
+    assert float(np.abs(out - ref[perm]).max()) <= 2e-6
 
 
 def test_token_budget_rows_and_plan(encoder):
