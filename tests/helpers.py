@@ -1,4 +1,5 @@
-"""Shared by the trainer tests: tiny configs and reading parameters back from a workdir."""
+"""Shared by the tests: tiny configs, reading parameters back from a workdir, child-process
+environments, and where the real data sets are."""
 
 import importlib.util
 import os
@@ -17,6 +18,7 @@ from trace_jax.train.loop import build_trainer, example_batch, task_sources
 from trace_jax.train.pretrain import PretrainTask
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 TASKS = {
     "align": AlignTask,
     "pretrain": PretrainTask,
@@ -57,3 +59,15 @@ def read_params(workdir, config):
     state = checkpointer.restore(trainer.abstract_state)
     checkpointer.close()
     return step, jax.tree.map(np.asarray, state["params"])
+
+
+def missing_shared_data(path: pathlib.Path) -> bool:
+    """True where the real data set at `path` (under ../shared/data) is absent and its tests
+    may skip: a developer's machine without ../shared. CI always has it beside the clone, and
+    `.ci/run` sets TRACE_JAX_REQUIRE_DATA=1: there its absence is an error, so the data tests
+    cannot all skip while the run stays green."""
+    if path.is_dir():
+        return False
+    if os.environ.get("TRACE_JAX_REQUIRE_DATA"):
+        raise FileNotFoundError(f"{path} is missing: CI runs with ../shared/data beside the clone")
+    return True

@@ -9,7 +9,7 @@ import pytest
 
 import trace_jax
 import trace_jax.data.time_mmd as tm
-from tests.helpers import read_params, tiny_config
+from tests.helpers import missing_shared_data, read_params, tiny_config
 from tests.test_time_mmd import ROOT, FakeEncoder
 from trace_jax.forecast import sources
 from trace_jax.forecast.baselines import last_value, moving_average, seasonal_naive
@@ -17,7 +17,9 @@ from trace_jax.train.classify import ClassifyTask, macro_f1
 from trace_jax.train.forecast import ForecastTask
 from trace_jax.train.loop import train_and_evaluate
 
-needs_time_mmd = pytest.mark.skipif(not ROOT.is_dir(), reason=f"real Time-MMD not at {ROOT}")
+needs_time_mmd = pytest.mark.skipif(
+    missing_shared_data(ROOT), reason=f"real Time-MMD not at {ROOT}"
+)
 
 
 @pytest.fixture(scope="module")

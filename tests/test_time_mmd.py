@@ -16,11 +16,12 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers import SHARED_DATA, missing_shared_data
 from tests.test_record_source import assert_same_examples
 from trace_jax.data import time_mmd as tm
 
-ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "time_mmd"
-pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"real Time-MMD not at {ROOT}")
+ROOT = SHARED_DATA / "time_mmd"
+pytestmark = pytest.mark.skipif(missing_shared_data(ROOT), reason=f"real Time-MMD not at {ROOT}")
 
 D = np.datetime64
 

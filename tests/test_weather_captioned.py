@@ -10,18 +10,18 @@ import collections
 import hashlib
 import json
 import math
-import pathlib
 import shutil
 
 import numpy as np
 import pytest
 
+from tests.helpers import SHARED_DATA, missing_shared_data
 from tests.test_record_source import assert_same_batches, assert_same_examples
 from trace_jax.data import weather_captioned as wc
 
-SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "weather_captioned"
+SOURCE = SHARED_DATA / "weather_captioned"
 needs_data = pytest.mark.skipif(
-    not (SOURCE / wc.CSV_DIR).is_dir(), reason=f"real data not at {SOURCE}"
+    missing_shared_data(SOURCE / wc.CSV_DIR), reason=f"real data not at {SOURCE}"
 )
 
 TEMP, SPEED, SIN, COS, PRES, HUM = range(6)
@@ -229,7 +229,7 @@ def test_channel_text_rule():
 
 @pytest.fixture(scope="module")
 def real():
-    if not (SOURCE / wc.CSV_DIR).is_dir():
+    if missing_shared_data(SOURCE / wc.CSV_DIR):
         pytest.skip(f"real data not at {SOURCE}")
     return wc.parse_source(wc.discover(SOURCE))
 
