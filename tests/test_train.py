@@ -331,21 +331,28 @@ def test_alignment_starts_from_a_pretraining_checkpoint(tmp_path, text_cache_dir
             np.testing.assert_array_equal(a, b)
 
 
-def test_alignment_with_cross_attention_and_reconstruction_terms(tmp_path, text_cache_dir):
-    config = tiny_config("align", text_cache_dir, steps=2, log_every=1)
+def test_alignment_with_cross_attention_reconstruction_and_learned_temperature(
+    tmp_path, text_cache_dir
+):
+    config = tiny_config("align", text_cache_dir, steps=3, log_every=1)
     config.align.cross_attention_heads = 2
     config.align.reconstruction_weight = 0.5
+    config.align.learn_temperature = True
     metrics = train_and_evaluate(config, tmp_path, AlignTask(config))
     assert 0.0 <= metrics["t2s_mrr"] <= 1.0
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "train/loss" in r]
-    assert len(train) == 2
+    assert len(train) == 3
+    # The temperature trains (the first step's learning rate is warmup's 0) and is checkpointed.
+    assert train[0]["train/temperature"] == pytest.approx(config.align.temperature)
+    assert train[-1]["train/temperature"] != pytest.approx(config.align.temperature, rel=1e-6)
     for r in train:
         assert 0 < r["train/recon_loss"] < 100 and r["train/n_masked_points"] > 0
         expected = r["train/sample_loss"] + r["train/channel_loss"] + 0.5 * r["train/recon_loss"]
         np.testing.assert_allclose(r["train/loss"], expected, rtol=1e-5)
     _, params = read_params(tmp_path, config)
     assert "cross_attention" in params["model"] and "reconstruction" in params["model"]
+    assert np.exp(params["log_temperature"]) != pytest.approx(train[-1]["train/temperature"])
 
 
 def test_pretraining_with_the_auxiliary_class_term(tmp_path, text_cache_dir):
