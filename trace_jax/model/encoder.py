@@ -260,7 +260,8 @@ class ScannedBlock(nn.Module):
         return block(constrain_to_batch(h), self.layout, key_valid, rope, self.deterministic), None
 
 
-# Periods (in the data's units) of the sinusoidal features of a channel's level.
+# Length scales s (in the data's units) of the sinusoidal features of a channel's level:
+# sin(mean / s) has period 2*pi*s.
 LEVEL_SCALES = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
