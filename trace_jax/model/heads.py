@@ -4,6 +4,7 @@ the pretraining model (patch reconstruction, optional classification)."""
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from trace_jax.model.cross_attention import ChannelCrossAttention
@@ -11,7 +12,8 @@ from trace_jax.model.encoder import EncoderConfig, TraceEncoder
 
 
 def l2_normalize(x, eps=1e-12):
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), eps))
+    # The max inside the root keeps zero rows (padding) finite, gradients included.
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), eps))
 
 
 class AlignModel(nn.Module):

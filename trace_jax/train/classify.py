@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from trace_jax.forecast.models import ClassifierModel
 from trace_jax.model import EncoderConfig
+from trace_jax.train.losses import labelled_cross_entropy
 from trace_jax.train.state import head_and_last_blocks
 
 
@@ -62,11 +62,8 @@ class ClassifyTask:
         logits = self.model.apply(
             {"params": params["model"]}, batch, deterministic=False, rngs={"dropout": rng}
         )
+        loss = labelled_cross_entropy(logits, batch["label"])
         labelled = batch["label"] >= 0
-        ce = optax.softmax_cross_entropy_with_integer_labels(
-            logits, jnp.where(labelled, batch["label"], 0)
-        )
-        loss = jnp.sum(jnp.where(labelled, ce, 0.0)) / jnp.maximum(labelled.sum(), 1)
         accuracy = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) & labelled) / jnp.maximum(
             labelled.sum(), 1
         )

@@ -12,18 +12,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from trace_jax.model.heads import l2_normalize
 from trace_jax.model.patching import patchify
 
 HardNegatives = Union[None, str, int]
-
-_EPS = 1e-12
-
-
-def _l2_normalise(x: jnp.ndarray) -> jnp.ndarray:
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    # rsqrt(max(.)) keeps zero rows (e.g. padding) finite, gradients included.
-    return x * jax.lax.rsqrt(jnp.maximum(sq, _EPS))
 
 
 def _parse_hard_negatives(hard_negatives: HardNegatives) -> Optional[int]:
@@ -142,8 +136,8 @@ def info_nce(
         )
     n = series_emb.shape[0]
     k = _parse_hard_negatives(hard_negatives)
-    s = _l2_normalise(series_emb.astype(jnp.float32))
-    t = _l2_normalise(text_emb.astype(jnp.float32))
+    s = l2_normalize(series_emb.astype(jnp.float32))
+    t = l2_normalize(text_emb.astype(jnp.float32))
     if valid is None:
         valid = jnp.ones((n,), bool)
     else:
@@ -265,6 +259,13 @@ def sample_and_channel_loss(
         "n_channel_pairs": cm["n_valid"],
     }
     return loss, metrics
+
+
+def labelled_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Mean softmax cross-entropy over the examples with a label (>= 0); 0 when none has one."""
+    labelled = labels >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labelled, labels, 0))
+    return jnp.sum(jnp.where(labelled, ce, 0.0)) / jnp.maximum(labelled.sum(), 1)
 
 
 def masked_reconstruction_loss(

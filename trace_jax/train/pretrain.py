@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import PretrainModel
 from trace_jax.train.losses import (
+    labelled_cross_entropy,
     masked_reconstruction_loss,
     patches_to_reconstruct,
     random_series_patch_mask,
@@ -82,13 +82,7 @@ class PretrainTask:
         )
         if self.config.num_classes:
             # The auxiliary class term of the public code, on the examples that have a label.
-            labelled = batch["label"] >= 0
-            ce = optax.softmax_cross_entropy_with_integer_labels(
-                out["logits"], jnp.where(labelled, batch["label"], 0)
-            )
-            metrics["label_loss"] = jnp.sum(jnp.where(labelled, ce, 0.0)) / jnp.maximum(
-                labelled.sum(), 1
-            )
+            metrics["label_loss"] = labelled_cross_entropy(out["logits"], batch["label"])
             loss = loss + self.config.label_weight * metrics["label_loss"]
         metrics["loss"] = loss
         return loss, metrics
