@@ -6,6 +6,7 @@ import pytest
 
 from trace_jax.eval.retrieval_metrics import (
     exact_pair_metrics,
+    identical_rows,
     label_metrics,
     series_series_metrics,
     text_series_metrics,
@@ -187,3 +188,20 @@ def test_label_metrics_skip_unlabelled_items_instead_of_the_whole_metric():
         sim[keep][:, keep], labels[keep], labels[keep], ks=(1, 5), exclude=exclude[keep][:, keep]
     )
     assert ss == expected and series_series_metrics(sim, np.full(12, -1), exclude) == {}
+
+
+def test_identical_pairs_are_equally_right_answers():
+    """Two reports on one series window (Time-MMD): the window appears twice among the series,
+    ties with itself, and without `equivalent` each query's own copy ranks second at best."""
+    series = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    texts = np.array([[1.0, 0.1], [0.9, 0.0], [0.0, 1.0], [0.5, 0.9]])
+    same = identical_rows(texts, series)
+    np.testing.assert_array_equal(same, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    sim = texts @ series.T
+    assert exact_pair_metrics(sim, ks=(1,))["hit@1"] == 0.5  # the tied copies rank 2
+    assert exact_pair_metrics(sim, ks=(1,), equivalent=same)["hit@1"] == 1.0
+    assert identical_rows(np.eye(3)).sum() == 3 and identical_rows(np.ones((3, 2))).all()
+    # A candidate outside the query's group never counts, equivalent or not.
+    group = np.array([[1, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]], bool)
+    found = text_series_metrics(sim, np.zeros(4, int), same_group=group, same_pair=same)
+    assert found["text->series (within domain)"]["hit@1"] == 1.0

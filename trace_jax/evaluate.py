@@ -31,7 +31,11 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from trace_jax.eval.retrieval_metrics import series_series_metrics, text_series_metrics
+from trace_jax.eval.retrieval_metrics import (
+    identical_rows,
+    series_series_metrics,
+    text_series_metrics,
+)
 
 _MODELS = flags.DEFINE_list("models", [], "name=path pairs (workdir or export); path alone ok.")
 _DATASET = flags.DEFINE_string("dataset", "weather_captioned", "weather_captioned or time_mmd.")
@@ -97,6 +101,15 @@ def same_group_mask(data):
     return g[:, None] == g[None, :]
 
 
+def same_pair_mask(data):
+    """(texts, texts) for the captioned windows: pairs with the same text or the same observed
+    series window (Time-MMD has up to 14 reports on one window): each as right as the other."""
+    captioned = data["has_text"]
+    observed = data["observed"][captioned]
+    window = np.concatenate([np.where(observed, data["series"][captioned], 0.0), observed], axis=-1)
+    return identical_rows(data["text_embedding"][captioned], window)
+
+
 def evaluate_model(model, data) -> dict:
     t = time.time()
     z_series = model.embed_series(data["series"], data["observed"], data["channel_ids"])
@@ -105,7 +118,10 @@ def evaluate_model(model, data) -> dict:
     if captioned.any():  # years without captions: series->series only
         z_text = model.project_text(data["text_embedding"][captioned])
         result = text_series_metrics(
-            z_text @ z_series[captioned].T, data["label"][captioned], same_group_mask(data)
+            z_text @ z_series[captioned].T,
+            data["label"][captioned],
+            same_group_mask(data),
+            same_pair_mask(data),
         )
     result.update(
         series_series_metrics(z_series @ z_series.T, data["label"], overlap_exclusion(data))
@@ -129,6 +145,7 @@ def evaluate_baselines(names, data, seed: int) -> dict[str, dict]:
                     random_similarity(n, n, seed),
                     data["label"][data["has_text"]],
                     same_group_mask(data),
+                    same_pair_mask(data),
                 )
             n_all = len(data["label"])
             result.update(

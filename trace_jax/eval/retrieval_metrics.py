@@ -43,13 +43,21 @@ def _check_ks(ks: Sequence[int]) -> tuple:
 
 
 def exact_pair_metrics(
-    sim, ks: Sequence[int] = (1, 5, 10), *, candidate_mask=None, chunk_size: int = 1024
+    sim,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    candidate_mask=None,
+    equivalent=None,
+    chunk_size: int = 1024,
 ) -> Dict[str, float]:
-    """hit@k and MRR where query i's only correct candidate is candidate i.
+    """hit@k and MRR where query i's correct candidate is candidate i.
 
     The rank of the positive is 1 + the number of other candidates whose score is >= its own.
     `candidate_mask`, (n_queries, n_candidates) bool, limits each query to some candidates
-    (e.g. those of its own domain); the positive always competes.
+    (e.g. those of its own domain); the positive always competes. `equivalent`, the same shape,
+    marks candidates as right as the positive (the same series window as the query's pair, or
+    the same text): they never count as ahead of it, since nothing can rank one of two
+    identical items above the other.
     Returns {"hit@k": ..., "mrr": ..., "n_queries": ...}.
     """
     nq, nc = _shape(sim)
@@ -67,7 +75,9 @@ def exact_pair_metrics(
         ahead = block >= positive[:, None]
         if candidate_mask is not None:
             ahead &= np.asarray(candidate_mask[rows], bool)
-            ahead[local, cols] = True
+        if equivalent is not None:
+            ahead &= ~np.asarray(equivalent[rows], bool)
+        ahead[local, cols] = True
         # >= counts the positive itself, so this is already 1 + the candidates ahead of it.
         ranks[rows] = np.count_nonzero(ahead, axis=1)
     out = {f"hit@{k}": float(np.mean(ranks <= k)) if nq else 0.0 for k in ks}
@@ -167,13 +177,29 @@ def labelled_label_metrics(sim, query_labels, candidate_labels, ks=(1, 5), *, ex
     return label_metrics(sim, qlab[q], clab[c], ks=ks, exclude=exclude)
 
 
-def text_series_metrics(sim_ts, labels, same_group=None) -> Dict[str, Dict[str, float]]:
+def identical_rows(*arrays) -> np.ndarray:
+    """(n, n) bool: pairs (i, j) equal in every column of at least one of the (n, ...) arrays."""
+    same = None
+    for x in arrays:
+        x = np.asarray(x).reshape(len(x), -1)
+        _, group = np.unique(x, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        rows = group[:, None] == group[None, :]
+        same = rows if same is None else same | rows
+    return same
+
+
+def text_series_metrics(
+    sim_ts, labels, same_group=None, same_pair=None
+) -> Dict[str, Dict[str, float]]:
     """Both directions of an exact-pair (texts x series) similarity matrix: hit@1/5/10 and MRR
     of the pair, label P@1/5 and MRR over the labelled pairs, and with `same_group` ((texts,
-    texts) bool) the exact-pair metrics within a group (domain)."""
+    texts) bool) the exact-pair metrics within a group (domain). `same_pair` ((n, n) bool,
+    symmetric; `identical_rows`): pairs sharing a text or a series window, each as right an
+    answer as the other (Time-MMD ties several reports to one window)."""
     out = {}
     for name, s in (("text->series", sim_ts), ("series->text", np.asarray(sim_ts).T)):
-        m = exact_pair_metrics(s, ks=(1, 5, 10))
+        m = exact_pair_metrics(s, ks=(1, 5, 10), equivalent=same_pair)
         labelled = labelled_label_metrics(s, labels, labels, ks=(1, 5))
         if labelled:
             m.update({k: v for k, v in labelled.items() if k != "n_queries"})
@@ -181,7 +207,7 @@ def text_series_metrics(sim_ts, labels, same_group=None) -> Dict[str, Dict[str, 
         out[name] = m
         if same_group is not None:
             out[f"{name} (within domain)"] = exact_pair_metrics(
-                s, ks=(1, 5, 10), candidate_mask=same_group
+                s, ks=(1, 5, 10), candidate_mask=same_group, equivalent=same_pair
             )
     return out
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trace_jax.eval.retrieval_metrics import text_series_metrics
+from trace_jax.eval.retrieval_metrics import identical_rows, text_series_metrics
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
 from trace_jax.train.losses import (
@@ -129,7 +129,9 @@ class AlignTask:
         """text->series and series->text retrieval of the exact pair among the evaluation set."""
         keep = outputs["has_text"].astype(bool)
         series, text = outputs["series"][keep], outputs["text"][keep]
-        found = text_series_metrics(text @ series.T, outputs["label"][keep])
+        # Identical inputs embed identically: equal rows are pairs sharing a text or a window.
+        same_pair = identical_rows(text, series)
+        found = text_series_metrics(text @ series.T, outputs["label"][keep], same_pair=same_pair)
         metrics = {"num_pairs": float(keep.sum())}
         for name, short in (("text->series", "t2s"), ("series->text", "s2t")):
             metrics.update(
