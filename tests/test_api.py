@@ -1,8 +1,12 @@
-"""trace_jax.load on a workdir and on an export; the serialized embed_series; bad inputs."""
+"""trace_jax.load on a workdir and on an export; the serialized embed_series; bad inputs;
+models trained with the GPU-only Pallas attention, loaded and exported off a GPU."""
 
+import dataclasses
+import logging
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,9 +14,23 @@ import trace_jax
 from tests.helpers import read_params, tiny_config
 from trace_jax import cpu_features
 from trace_jax.data.sources import load_sources
+from trace_jax.api import TraceModel
 from trace_jax.export import export_model, load_embed_series
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
+
+# The smallest encoder 'pallas' accepts: bfloat16, head dimension 16.
+PALLAS = EncoderConfig(
+    patch_len=8,
+    d_model=32,
+    num_heads=2,
+    num_layers=2,
+    mlp_dim=64,
+    num_channels=8,
+    dtype="bfloat16",
+    attention_impl="pallas",
+)
+XLA = dataclasses.replace(PALLAS, attention_impl="xla")
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +110,27 @@ def test_bad_inputs_get_clear_errors(trained, tmp_path):
         trace_jax.load(tmp_path)
 
 
+def test_channel_ids_are_checked_before_they_reach_the_encoder(trained):
+    """Under jit an id past the CIT table would embed as zeros (one_hot) without a word."""
+    workdir, config, series, observed, channel_ids = trained
+    model = trace_jax.load(workdir)
+    table = config.model.num_channels
+    c = series.shape[1]
+    for bad in (np.full(c, table), np.full(c, -1)):
+        with pytest.raises(ValueError, match=rf"channel_ids must lie in \[0, {table}\)"):
+            model.embed_series(series, observed, bad)
+    with pytest.raises(ValueError, match="channel_ids must have shape"):
+        model.embed_series(series, observed, channel_ids[:, :-1])
+    with pytest.raises(ValueError, match="integers"):
+        model.embed_series(series, observed, channel_ids.astype(np.float32))
+    with pytest.raises(ValueError, match="the model knows"):
+        model.embed_series(np.ones((2, table + 1, 16), np.float32))
+    np.testing.assert_array_equal(  # one row of ids for every window
+        model.embed_series(series, observed, channel_ids[0]),
+        model.embed_series(series, observed, np.broadcast_to(channel_ids[0], channel_ids.shape)),
+    )
+
+
 def test_export_mode_of_the_main_command(trained, tmp_path):
     import subprocess
     import sys
@@ -148,3 +187,51 @@ def test_load_warns_of_bf16_matmuls_on_a_cpu_without_bfloat16_instructions(train
         trace_jax.load(workdir)  # float32, as trained
         monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
         trace_jax.load(workdir, bf16_matmuls=True)
+
+
+@pytest.fixture(scope="module")
+def pallas_model():
+    """A model as a GPU run with attention_impl='pallas' leaves it (weights at random)."""
+    probe = {
+        "series": jnp.zeros((1, 3, 32)),
+        "observed": jnp.ones((1, 3, 32), bool),
+        "channel_ids": jnp.zeros((1, 3), jnp.int32),
+        "text_embedding": jnp.zeros((1, 384)),
+        "channel_text_embedding": jnp.zeros((1, 3, 384)),
+        "channel_text_valid": jnp.ones((1, 3), bool),
+    }
+    params = AlignModel(XLA).init(jax.random.key(0), probe)["params"]
+    return TraceModel(PALLAS, params, source="a pallas run")
+
+
+def pallas_inputs():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(4, 3, 32)).astype(np.float32), np.ones((4, 3, 32), bool)
+
+
+def test_a_pallas_model_loads_with_xla_attention_off_a_gpu(pallas_model, tmp_path, caplog):
+    pallas_model.save(tmp_path)
+    with caplog.at_level(logging.INFO):
+        model = trace_jax.load(tmp_path)
+    assert model.encoder_config == XLA
+    assert "attention_impl='pallas'" in caplog.text
+    series, observed = pallas_inputs()
+    reference = TraceModel(XLA, pallas_model.params).embed_series(series, observed)
+    np.testing.assert_array_equal(model.embed_series(series, observed), reference)
+
+    kept = trace_jax.load(tmp_path, attention_impl="pallas")  # asked for: as asked
+    assert kept.encoder_config == PALLAS
+    with pytest.raises(ValueError, match="runs on a GPU"):
+        kept.embed_series(series, observed)
+    with pytest.raises(ValueError, match="attention_impl must be one of"):
+        trace_jax.load(tmp_path, attention_impl="flash")
+
+
+def test_a_pallas_model_exports_with_xla_attention(pallas_model, tmp_path):
+    """For cuda too: jax.export refuses the Triton kernel (no compatibility guarantee)."""
+    export_model(pallas_model, tmp_path, channels=3, time_steps=32)
+    series, observed = pallas_inputs()
+    reference = TraceModel(XLA, pallas_model.params).embed_series(series, observed)
+    embed = load_embed_series(tmp_path)
+    channel_ids = np.broadcast_to(np.arange(3, dtype=np.int32), (4, 3))
+    np.testing.assert_allclose(embed(series, observed, channel_ids), reference, atol=1e-5)

@@ -14,11 +14,14 @@ batches (the last one padded), so one (C, T) shape compiles once.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import pathlib
 import warnings
 from typing import Any, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,19 +132,48 @@ class TraceModel:
     def dim(self) -> int:
         return self.encoder_config.d_model
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of the parameters (paths, shapes, dtypes, values): which weights embedded
+        something, wherever they were loaded from (a workdir and its export agree)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for path, value in sorted(_flatten(jax.device_get(self.params)).items()):
+            digest.update(f"{path}:{value.dtype}:{value.shape};".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()
+
+    def channel_ids_for(self, n: int, c: int, channel_ids=None) -> np.ndarray:
+        """(n, c) int32 CIT ids for n windows of c channels: `channel_ids` as (c,) for every
+        window or (n, c), else 0..c-1. Checked here because under jit an id past the CIT table
+        would become a zero embedding without a word (one_hot)."""
+        table = self.encoder_config.num_channels
+        if channel_ids is None:
+            if c > table:
+                raise ValueError(f"series has {c} channels, the model knows {table}")
+            return np.broadcast_to(np.arange(c, dtype=np.int32), (n, c))
+        ids = np.asarray(channel_ids)
+        if ids.shape not in ((c,), (n, c)):
+            raise ValueError(
+                f"channel_ids must have shape ({c},) or ({n}, {c}) for {n} windows of {c} "
+                f"channels, got {ids.shape}"
+            )
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"channel_ids must be integers, got dtype {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= table:
+            raise ValueError(
+                f"channel_ids must lie in [0, {table}) (the model's CIT table), got "
+                f"[{ids.min()}, {ids.max()}]"
+            )
+        return np.broadcast_to(ids.astype(np.int32), (n, c))
+
     def embed_series(self, series, observed=None, channel_ids=None) -> np.ndarray:
-        """(N, C, T) or (C, T) windows -> (N, d) float32 unit vectors (the [CLS] embedding)."""
+        """(N, C, T) or (C, T) windows -> (N, d) float32 unit vectors (the [CLS] embedding).
+
+        channel_ids: (C,) or (N, C) CIT ids (see channel_ids_for); None: 0..C-1.
+        """
         series, observed = check_series(series, observed)
         n, c, _ = series.shape
-        if channel_ids is None:
-            if c > self.encoder_config.num_channels:
-                raise ValueError(
-                    f"series has {c} channels, the model knows {self.encoder_config.num_channels}"
-                )
-            channel_ids = np.broadcast_to(np.arange(c, dtype=np.int32), (n, c))
-        channel_ids = np.asarray(channel_ids, np.int32)
-        if channel_ids.ndim == 1:
-            channel_ids = np.broadcast_to(channel_ids, (n, c))
+        channel_ids = self.channel_ids_for(n, c, channel_ids)
         out = []
         # Powers of two up to batch_size: a single query is not padded to a full batch, and
         # only a handful of shapes ever compile.
@@ -219,7 +251,9 @@ class TraceModel:
                 f"{workdir} holds a {config.get('stage')!r} run; search needs an alignment run"
             )
         encoder_config = EncoderConfig.from_mapping(config["model"])
-        model = AlignModel(encoder_config)
+        # Parameters do not depend on the attention implementation, and 'pallas' traces only
+        # on a GPU: their shapes come from 'xla' wherever this runs.
+        model = AlignModel(dataclasses.replace(encoder_config, attention_impl="xla"))
         probe = {
             "series": jnp.zeros((1, 1, encoder_config.patch_len)),
             "observed": jnp.ones((1, 1, encoder_config.patch_len), bool),
@@ -237,13 +271,19 @@ class TraceModel:
         return cls(encoder_config, params, source=f"{workdir}@{step}", run_config=config)
 
 
-def load(path, *, bf16_matmuls: bool | None = None) -> TraceModel:
+def load(
+    path, *, bf16_matmuls: bool | None = None, attention_impl: str | None = None
+) -> TraceModel:
     """A workdir (its latest checkpoint) or an export directory.
 
     bf16_matmuls: embed with the encoder's matmuls in bfloat16 (True) or float32 (False)
     whatever the model was trained with (None: as trained). On a CPU with AVX512-BF16, bf16
     embeds about 1.4x faster (BENCHMARKS.md) at bfloat16's rounding of each matmul's operands;
     on a CPU without bfloat16 instructions it is slower, and a UserWarning says so.
+
+    attention_impl: 'xla' or 'pallas' whatever the model was trained with (None: as trained,
+    except that a 'pallas' model embeds with 'xla' off a GPU, where the Pallas kernel cannot
+    run; both compute the same function).
     """
     path = pathlib.Path(path)
     if (path / EXPORT_CONFIG).exists():
@@ -255,10 +295,25 @@ def load(path, *, bf16_matmuls: bool | None = None) -> TraceModel:
             f"{path} is neither an export (no {EXPORT_CONFIG}) nor a training workdir "
             "(no checkpoints/)"
         )
-    if bf16_matmuls is not None and bf16_matmuls != model.encoder_config.bf16_matmuls:
-        config = dataclasses.replace(model.encoder_config, bf16_matmuls=bf16_matmuls)
+    trained = model.encoder_config
+    backend = jax.default_backend()
+    if attention_impl is None and trained.attention_impl == "pallas" and backend != "gpu":
+        logging.info(
+            "%s was trained with attention_impl='pallas', which runs on a GPU only; "
+            "embedding with 'xla' (the same function) on %r",
+            path,
+            backend,
+        )
+        attention_impl = "xla"
+    overrides = {
+        name: value
+        for name, value in (("bf16_matmuls", bf16_matmuls), ("attention_impl", attention_impl))
+        if value is not None and value != getattr(trained, name)
+    }
+    if overrides:
+        config = dataclasses.replace(trained, **overrides)
         model = dataclasses.replace(model, encoder_config=config)
-    if model.encoder_config.bf16_matmuls and jax.default_backend() == "cpu":
+    if model.encoder_config.bf16_matmuls and backend == "cpu":
         if hint := cpu_features.bf16_matmul_hint():
             warnings.warn(hint, stacklevel=2)
     return model

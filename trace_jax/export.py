@@ -8,15 +8,20 @@
 
 The serialized function takes the parameters as its first argument, so the weights are stored
 once; `load_embed_series` pairs them again. C and T are fixed at export time (the patch grid
-and the CIT rows depend on them); b is free.
+and the CIT rows depend on them); b is free. It is lowered with attention_impl='xla' for every
+platform, cuda included: the 'pallas' kernel is Triton IR, which has no compatibility guarantee
+and which jax.export therefore refuses to serialize; 'xla' computes the same function.
+config.json holds the model's encoder config unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Callable, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +60,17 @@ def export_model(
         jax.ShapeDtypeStruct((b, channels, time_steps), jnp.bool_),
         jax.ShapeDtypeStruct((b, channels), jnp.int32),
     )
-    exported = jax.export.export(jax.jit(_embed_series_fn(model.model)), platforms=platforms)(*args)
+    config = model.encoder_config
+    if config.attention_impl != "xla":
+        logging.info(
+            "exporting %s with attention_impl='xla' in place of %r: the same function, and "
+            "jax.export cannot serialize the Pallas kernel",
+            model.source,
+            config.attention_impl,
+        )
+        config = dataclasses.replace(config, attention_impl="xla")
+    embed_series = jax.jit(_embed_series_fn(AlignModel(config)))
+    exported = jax.export.export(embed_series, platforms=platforms)(*args)
     (directory / EXPORT_FUNCTION).write_bytes(exported.serialize())
     meta = json.loads((directory / EXPORT_CONFIG).read_text())
     meta["embed_series"] = {

@@ -3,13 +3,17 @@ r"""Search series by text, text by series, series by series, from the command li
   python -m trace_jax.search --model=runs/wc_full --query="heavy rain and strong wind" --k=5
   python -m trace_jax.search --model=runs/wc_full --series=window.csv --k=5 [--target=text]
 
-The bank: --index (a saved index, see trace_jax/retrieval/index.py), else the split --split of
-the training run's own data set (built once, then cached in WORKDIR/index_<split>), or of
+The bank: --index (a saved index, see trace_jax/retrieval/index.py; it must have been embedded
+by --model), else the split --split of the training run's own data set (built once, then cached
+in WORKDIR/index_<split> until the run's latest checkpoint changes), or of a built data set
 --dataset/--data_dir. Prints a ranked table and writes a PNG (--png) with the top-k windows and
 their texts.
 
 --series: a CSV file with one row per time step and one column per channel, in the channel
-order of the data set (an optional header row is skipped); empty cells are unobserved.
+order of the data set (an optional header row is skipped); empty cells are unobserved. It is
+embedded with the channel ids of the index's windows, or with --channel_ids, one per column,
+where those differ between windows (a Time-MMD index over several domains), e.g. Time-MMD's
+Energy: --channel_ids=12,13,14,15,16,17,18,19,20,38,38 (38: padding columns, left empty).
 """
 
 from __future__ import annotations
@@ -21,13 +25,20 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from trace_jax.data import registry
+
 _MODEL = flags.DEFINE_string("model", None, "A training workdir or an export.")
 _QUERY = flags.DEFINE_string("query", None, "Text query.")
 _SERIES = flags.DEFINE_string("series", None, "CSV file of a window (rows: steps, cols: channels).")
 _K = flags.DEFINE_integer("k", 5, "How many results.")
 _TARGET = flags.DEFINE_enum("target", "series", ["series", "text"], "What to retrieve.")
 _INDEX = flags.DEFINE_string("index", None, "A saved index directory.")
-_DATASET = flags.DEFINE_string("dataset", None, "Build the index from this data set instead.")
+_CHANNEL_IDS = flags.DEFINE_list(
+    "channel_ids", None, "--series's channel ids, one per column (default: the index's)."
+)
+_DATASET = flags.DEFINE_string(
+    "dataset", None, f"Index this built data set instead, one of {sorted(registry.BUILDERS)}."
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", "data_dir", "Built TFDS data sets (with --dataset).")
 _SPLIT = flags.DEFINE_string("split", "validation", "Split indexed when no --index is given.")
 _PNG = flags.DEFINE_string("png", "search_results.png", "Figure of the results ('' = none).")
@@ -35,13 +46,15 @@ _PNG = flags.DEFINE_string("png", "search_results.png", "Figure of the results (
 
 def build_or_load_index(model, index_dir, dataset, data_dir, split):
     """A saved index, or one built from a split (cached beside a workdir's checkpoints and
-    rebuilt when the checkpoint it came from is no longer the latest)."""
-    import json  # pylint: disable=g-import-not-at-top
-
+    rebuilt when other parameters embedded it, e.g. those of an earlier checkpoint)."""
     import ml_collections  # pylint: disable=g-import-not-at-top
 
     from trace_jax.data import sources  # pylint: disable=g-import-not-at-top
-    from trace_jax.retrieval.index import META, Index  # pylint: disable=g-import-not-at-top
+    from trace_jax.retrieval.index import (  # pylint: disable=g-import-not-at-top
+        META,
+        Index,
+        StaleIndexError,
+    )
 
     if index_dir:
         return Index.load(index_dir, model)
@@ -53,10 +66,11 @@ def build_or_load_index(model, index_dir, dataset, data_dir, split):
     elif model.run_config is not None:
         data = ml_collections.ConfigDict(model.run_config["data"])
         cache = pathlib.Path(model.source.rsplit("@", 1)[0]) / f"index_{split}"
-        if (cache / META).exists() and json.loads((cache / META).read_text())[
-            "model"
-        ] == model.source:
-            return Index.load(cache, model)
+        if (cache / META).exists():
+            try:
+                return Index.load(cache, model)
+            except StaleIndexError as e:
+                print(f"rebuilding the cached index: {e}")
     else:
         raise ValueError("an export carries no data set: pass --index or --dataset")
     data.validation_split = split
@@ -66,6 +80,13 @@ def build_or_load_index(model, index_dir, dataset, data_dir, split):
     if cache is not None:
         index.save(cache)
     return index
+
+
+def parse_channel_ids(values: list[str]) -> np.ndarray:
+    try:
+        return np.array([int(v) for v in values], np.int32)
+    except ValueError:
+        raise app.UsageError(f"--channel_ids must be integers, got {','.join(values)}") from None
 
 
 def print_table(hits) -> None:
@@ -116,6 +137,15 @@ def main(argv):
 
     if (_QUERY.value is None) == (_SERIES.value is None):
         raise app.UsageError("give exactly one of --query and --series")
+    if _CHANNEL_IDS.value is not None and _SERIES.value is None:
+        raise app.UsageError("--channel_ids are a --series query's")
+    if _DATASET.value is not None and _DATASET.value not in registry.BUILDERS:
+        raise app.UsageError(
+            f"--dataset={_DATASET.value}: choose one of {sorted(registry.BUILDERS)}; the "
+            "synthetic set is indexed through a run trained on it (--model=WORKDIR, no "
+            "--dataset), whose config sets its windows"
+        )
+    channel_ids = None if _CHANNEL_IDS.value is None else parse_channel_ids(_CHANNEL_IDS.value)
     model = trace_jax.load(_MODEL.value)
     index = build_or_load_index(model, _INDEX.value, _DATASET.value, _DATA_DIR.value, _SPLIT.value)
     query_series = None
@@ -124,7 +154,7 @@ def main(argv):
         label = _QUERY.value
     else:
         query_series = trace_jax.api.read_series_csv(_SERIES.value)
-        hits = index.search(query_series, k=_K.value, target=_TARGET.value)
+        hits = index.search(query_series, k=_K.value, target=_TARGET.value, channel_ids=channel_ids)
         label = f"series from {_SERIES.value}"
     print(f"{_TARGET.value} results for {label!r} among {len(index)} windows ({model.source}):")
     print_table(hits)

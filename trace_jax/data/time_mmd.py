@@ -2,7 +2,7 @@
 
   python -m trace_jax.data.build --dataset=time_mmd \
       --manual_dir=../shared/data/time_mmd --data_dir=data_dir            # retrieval (default)
-  python -m trace_jax.data.build --dataset=time_mmd --config=forecast_Energy_L96_H12 ...
+  python -m trace_jax.data.build --dataset=time_mmd --builder_config=forecast_Energy_L96_H12 ...
 
 Two layers:
 

@@ -7,9 +7,15 @@
     index.save("runs/index"); Index.load("runs/index", model)
 
 Saved as `arrays.npz` (numeric arrays only, loaded with allow_pickle=False) and `index.json`
-(ids, texts, metadata): no pickle. Top-k is exact cosine in JAX, sharded over the local devices
+(ids, texts, metadata): no pickle. The index records which parameters embedded it (the model's
+fingerprint), and loading it with another model is an error: their embeddings do not share a
+space. Top-k is exact cosine in JAX, sharded over the local devices
 (trace_jax/retrieval/topk.py). A query that is an item of the index (`search_item`) never
 retrieves itself, nor, by default, a window of the same series overlapping it in time.
+
+A series query is embedded with the channel ids (CIT rows) its windows were embedded with,
+unless it brings its own: Time-MMD's ids, for one, are global (Energy's channels are 12-20),
+and an index over several of its domains needs them given.
 """
 
 from __future__ import annotations
@@ -25,10 +31,16 @@ from trace_jax.retrieval import topk as topk_lib
 
 ARRAYS = "arrays.npz"
 META = "index.json"
+FORMAT = "trace_jax.index/2"
 TARGETS = ("series", "text")
 # Spans of different series are moved this far apart (seconds) so that the overlap exclusion
 # only ever matches windows of the same series.
 SERIES_OFFSET = 2**42
+
+
+class StaleIndexError(ValueError):
+    """A saved index that the querying model cannot use: another format, or embedded by other
+    parameters."""
 
 
 @dataclasses.dataclass
@@ -55,6 +67,7 @@ class Index:
     series_embeddings: np.ndarray  # (N, d) unit rows
     text_embeddings: np.ndarray  # (N, d) unit rows; zeros where has_text is False
     has_text: np.ndarray  # (N,) bool
+    channel_ids: np.ndarray  # (N, C) int32: the CIT ids the windows were embedded with
     ids: list[str]
     texts: list[str]  # '' where there is none
     labels: np.ndarray | None = None  # (N,) int, -1 unknown
@@ -62,6 +75,9 @@ class Index:
     series_groups: np.ndarray | None = None  # (N,) int: which series a window comes from
     series: np.ndarray | None = None  # (N, C, T) float32 windows (NaN unobserved), for display
     model: Any = None  # trace_jax.api.TraceModel: embeds text and series queries
+    # The model the embeddings came from: where it was loaded from, and its fingerprint.
+    model_source: str = ""
+    model_fingerprint: str = ""
     _banks: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -70,6 +86,11 @@ class Index:
             raise ValueError("ids, texts and has_text need one entry per window")
         if len(set(self.ids)) != n:
             raise ValueError("ids must be unique")
+        self.channel_ids = np.asarray(self.channel_ids, np.int32)
+        if self.channel_ids.ndim != 2 or len(self.channel_ids) != n:
+            raise ValueError(
+                f"channel_ids must be (N, C) with N = {n}, got {self.channel_ids.shape}"
+            )
         self._position = {id_: i for i, id_ in enumerate(self.ids)}
 
     def __len__(self) -> int:
@@ -114,10 +135,12 @@ class Index:
         kept = None
         if keep_series:
             kept = np.where(observed, series, np.nan).astype(np.float32)
+        channel_ids = np.ascontiguousarray(model.channel_ids_for(n, series.shape[1], channel_ids))
         return cls(
             series_embeddings=model.embed_series(series, observed, channel_ids),
             text_embeddings=z_text,
             has_text=has_text,
+            channel_ids=channel_ids,
             ids=[str(i) for i in (range(n) if ids is None else ids)],
             texts=texts,
             labels=None if labels is None else np.asarray(labels, np.int64),
@@ -125,6 +148,8 @@ class Index:
             series_groups=None if series_groups is None else np.asarray(series_groups, np.int64),
             series=kept,
             model=model,
+            model_source=model.source,
+            model_fingerprint=model.fingerprint,
         )
 
     @classmethod
@@ -159,27 +184,50 @@ class Index:
             "series_embeddings": self.series_embeddings,
             "text_embeddings": self.text_embeddings,
             "has_text": self.has_text,
+            "channel_ids": self.channel_ids,
         }
         for name in ("labels", "spans", "series_groups", "series"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         np.savez(directory / ARRAYS, **arrays)
         meta = {
-            "format": "trace_jax.index/1",
+            "format": FORMAT,
             "ids": self.ids,
             "texts": self.texts,
-            "model": getattr(self.model, "source", ""),
+            "model": self.model_source,
+            "model_fingerprint": self.model_fingerprint,
         }
         (directory / META).write_text(json.dumps(meta))
         return directory
 
     @classmethod
     def load(cls, directory, model=None) -> "Index":
+        """A saved index; with `model` (which embeds the queries), only if the same parameters
+        embedded it, else StaleIndexError. Without one it can be searched by stored items."""
         directory = pathlib.Path(directory)
         meta = json.loads((directory / META).read_text())
+        if meta.get("format") != FORMAT:
+            raise StaleIndexError(
+                f"{directory} holds an index of format {meta.get('format')!r}; this version "
+                f"reads {FORMAT!r}: rebuild it"
+            )
+        if model is not None and meta["model_fingerprint"] != model.fingerprint:
+            raise StaleIndexError(
+                f"{directory} was embedded by {meta['model'] or 'an unrecorded model'} "
+                f"(parameters {meta['model_fingerprint'][:12] or 'unknown'}), not by "
+                f"{model.source} ({model.fingerprint[:12]}): their embeddings do not share a "
+                "space; rebuild the index with this model"
+            )
         with np.load(directory / ARRAYS, allow_pickle=False) as arrays:
             fields = {k: arrays[k] for k in arrays.files}
-        return cls(ids=meta["ids"], texts=meta["texts"], model=model, **fields)
+        return cls(
+            ids=meta["ids"],
+            texts=meta["texts"],
+            model=model,
+            model_source=meta["model"],
+            model_fingerprint=meta["model_fingerprint"],
+            **fields,
+        )
 
     # Search ---------------------------------------------------------------------------------
 
@@ -211,12 +259,32 @@ class Index:
             self._banks[target] = (topk_lib.put_bank(emb[rows], **keys), rows)
         return self._banks[target]
 
-    def _embed_query(self, query) -> tuple[np.ndarray, str]:
+    def query_channel_ids(self, channels: int) -> np.ndarray:
+        """(C,) ids for a series query that brings none: those of the index's windows, which
+        must have the query's channel count and all share their ids."""
+        if channels != self.channel_ids.shape[1]:
+            raise ValueError(
+                f"a series query of {channels} channels, but the index's windows have "
+                f"{self.channel_ids.shape[1]}: pass the query's channel_ids"
+            )
+        first = self.channel_ids[0]
+        other = np.flatnonzero((self.channel_ids != first).any(axis=1))
+        if other.size:
+            raise ValueError(
+                f"the index's windows have different channel ids ({self.ids[0]}: "
+                f"{first.tolist()}, {self.ids[other[0]]}: {self.channel_ids[other[0]].tolist()}): "
+                "pass the query's channel_ids"
+            )
+        return first
+
+    def _embed_query(self, query, channel_ids=None) -> tuple[np.ndarray, str]:
         if self.model is None:
             raise ValueError("this index has no model to embed queries: Index.load(path, model)")
         if isinstance(query, str) or (
             isinstance(query, (list, tuple)) and query and isinstance(query[0], str)
         ):
+            if channel_ids is not None:
+                raise ValueError("channel_ids are for series queries, this one is text")
             return self.model.embed_text(query), "text"
         query = np.asarray(query, np.float32)
         if self.series is not None:
@@ -226,11 +294,14 @@ class Index:
                 raise ValueError(
                     f"a series query must be (C, T) = {want} or (B, C, T), got {query.shape}"
                 )
-        return self.model.embed_series(query), "series"
+        if channel_ids is None and query.ndim in (2, 3):
+            channel_ids = self.query_channel_ids(query.shape[-2])
+        return self.model.embed_series(query, channel_ids=channel_ids), "series"
 
-    def search(self, query, k: int = 10, *, target: str = "series") -> Hits:
-        """Queries are text (a string or a list of strings) or windows ((C, T) or (B, C, T))."""
-        embedded, _ = self._embed_query(query)
+    def search(self, query, k: int = 10, *, target: str = "series", channel_ids=None) -> Hits:
+        """Queries are text (a string or a list of strings) or windows ((C, T) or (B, C, T)).
+        channel_ids: a series query's (C,) or (B, C) CIT ids; None: query_channel_ids."""
+        embedded, _ = self._embed_query(query, channel_ids)
         return self.search_embeddings(embedded, k, target=target)
 
     def search_embeddings(
