@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 from trace_jax.distributed import with_host_device_count
 
@@ -33,6 +34,40 @@ def _relay(index: int, stream) -> None:
     for line in stream:
         sys.stdout.write(f"[{index}] {line}")
     sys.stdout.flush()
+
+
+def wait_for_all(
+    procs: list[subprocess.Popen], timeout: float | None = None, poll_every: float = 0.1
+) -> int:
+    """0 once every process has exited 0; as soon as one fails, kills the others and returns
+    its exit code (the lowest index's, when several have failed by then).
+
+    Polls them all rather than waiting on each in turn: a process blocked in a collective on a
+    failed peer may never exit by itself. Raises subprocess.TimeoutExpired after `timeout`
+    seconds; no process outlives this call.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if failed is not None:
+                print(
+                    f"[launcher] process {failed[0]} exited with {failed[1]}; stopping the others",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return failed[1]
+            if all(c == 0 for c in codes):
+                return 0
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(procs[0].args, timeout)
+            time.sleep(poll_every)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def launch(
@@ -61,19 +96,11 @@ def launch(
         procs.append(p)
         relays.append(threading.Thread(target=_relay, args=(i, p.stdout), daemon=True))
         relays[-1].start()
-    codes = []
     try:
-        for p in procs:
-            codes.append(p.wait(timeout=timeout))
-            if codes[-1] != 0:
-                break
+        return wait_for_all(procs, timeout)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
         for t in relays:
             t.join(timeout=5)
-    return next((c for c in codes if c != 0), 0) if len(codes) == num_processes else 1
 
 
 def main() -> int:

@@ -1,10 +1,12 @@
 """A real multi-process job: 2 processes x 4 CPU devices through launch/local.py."""
 
+import importlib.util
 import json
 import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -80,3 +82,21 @@ def test_child_processes_keep_the_callers_xla_flags_with_their_own_device_count(
     )
     assert with_host_device_count(flags, None) == "--xla_dump_to=/tmp/d --xla_cpu_foo=1"
     assert with_host_device_count("", 2) == "--xla_force_host_platform_device_count=2"
+
+
+def test_the_launcher_stops_the_others_as_soon_as_one_process_fails():
+    spec = importlib.util.spec_from_file_location("local_launcher", REPO / "launch" / "local.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+
+    def python(code):
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    assert launcher.wait_for_all([python("pass"), python("import time; time.sleep(1)")]) == 0
+    # Process 0 would run for ten minutes (as one blocked on its failed peer would, forever).
+    blocked = python("import time; time.sleep(600)")
+    failing = python("import sys, time; time.sleep(1); sys.exit(3)")
+    start = time.monotonic()
+    assert launcher.wait_for_all([blocked, failing], timeout=300) == 3
+    assert time.monotonic() - start < 60
+    assert blocked.poll() is not None, "process 0 was left running"

@@ -4,7 +4,10 @@ r"""Entry point for every stage: the same command on every host.
   python -m trace_jax.main --config=configs/pretrain.py:cpu --workdir=runs/pretrain
 
 Overrides: --config.train.batch_size=64 (a mistyped key is refused, naming it). Rerunning the
-same command resumes from the workdir's latest checkpoint.
+same command resumes from the workdir's latest checkpoint. A rerun may change how long the run
+trains (--config.train.steps), how often it logs, evaluates and saves, and where it runs (devices,
+mesh, input workers, text cache); any other change to the saved config is refused, naming the
+keys, unless --allow_config_change.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume the workdir's checkpoint even though it was saved under another config.",
+)
 
 
 def parse_flags(argv):
@@ -105,7 +113,10 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
 
     from trace_jax import allocator, cpu_features  # pylint: disable=g-import-not-at-top
-    from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+    from trace_jax.train.loop import (  # pylint: disable=g-import-not-at-top
+        ConfigChangedError,
+        train_and_evaluate,
+    )
 
     if config.stage == "export":
         if not _WORKDIR.value:
@@ -129,7 +140,12 @@ def main(argv):
                 "paper-size model on CPU: expect slow steps; "
                 "configs/<stage>.py:cpu is the CPU variant"
             )
-    metrics = train_and_evaluate(config, workdir, task_for(config))
+    try:
+        metrics = train_and_evaluate(
+            config, workdir, task_for(config), allow_config_change=_ALLOW_CONFIG_CHANGE.value
+        )
+    except ConfigChangedError as e:
+        sys.exit(f"error: {e} Or add --allow_config_change to resume it under the new values.")
     if jax.process_index() == 0:
         print("final validation: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
 

@@ -4,6 +4,10 @@ Builders embed every sample and channel text while building, through this cache,
 never runs the text tower and a rebuild (another window length, another year list) re-embeds
 nothing it has seen. One file per text model: ``<cache_dir>/<model_id>.npz`` holding ``keys``
 (sha256 of each UTF-8 text, as 64-byte ASCII) and ``embeddings`` (n, dim) float32. No pickle.
+
+The model id is known before the model is loaded (the default text model's is a constant), so a
+lookup that the file answers in full never loads the text tower: weights hashing, conversion and
+the copy to the device are paid only when there are texts to embed.
 """
 
 from __future__ import annotations
@@ -45,34 +49,63 @@ def _default_encoder() -> Encoder:
 
 
 class TextEmbeddingCache:
-    """Embeds texts through a persistent cache; the encoder is loaded only on a miss."""
+    """Embeds texts through a persistent cache; the encoder is loaded only on a miss.
+
+    ``encoder_factory`` loads the encoder (default: the text tower); ``model_id`` names its cache
+    file. Without a factory the default text model's id is used. With a factory and no
+    ``model_id``, the id is read from the encoder, which then loads on the first lookup.
+    """
 
     def __init__(
         self,
         cache_dir: str | os.PathLike | None = None,
-        encoder_factory: Callable[[], Encoder] = _default_encoder,
+        encoder_factory: Callable[[], Encoder] | None = None,
+        *,
+        model_id: str | None = None,
     ):
+        if encoder_factory is None:
+            from trace_jax.text.embed import DEFAULT_MODEL_ID  # pylint: disable=g-import-not-at-top
+
+            encoder_factory, model_id = _default_encoder, model_id or DEFAULT_MODEL_ID
         self.cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
         self._encoder_factory = encoder_factory
+        self._model_id = model_id
         self._encoder: Encoder | None = None
         self._index: dict[bytes, int] | None = None
-        self._embeddings: np.ndarray | None = None
+        self._embeddings: np.ndarray | None = None  # (n, dim); None while nothing is cached
 
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = self._encoder_factory()
+            encoder = self._encoder_factory()
+            if self._model_id is not None and encoder.model_id != self._model_id:
+                # Its embeddings would go into another model's file.
+                raise ValueError(
+                    f"text encoder {encoder.model_id!r} does not match the cache's model id "
+                    f"{self._model_id!r}"
+                )
+            self._encoder = encoder
         return self._encoder
 
     @property
+    def model_id(self) -> str:
+        return self._model_id if self._model_id is not None else self.encoder.model_id
+
+    @property
     def path(self) -> pathlib.Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.encoder.model_id)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_id)
         return self.cache_dir / f"{safe}.npz"
+
+    @property
+    def dim(self) -> int:
+        """The embedding width: the cached array's, else the encoder's."""
+        self._load()
+        return self._embeddings.shape[1] if self._embeddings is not None else self.encoder.dim
 
     def _load(self) -> None:
         if self._index is not None:
             return
-        self._index, self._embeddings = {}, np.zeros((0, self.encoder.dim), np.float32)
+        self._index = {}
         if self.path.exists():
             with np.load(self.path, allow_pickle=False) as f:
                 keys, self._embeddings = f["keys"], f["embeddings"].astype(np.float32)
@@ -91,7 +124,7 @@ class TextEmbeddingCache:
         """Returns (len(texts), dim) float32 embeddings, computing only texts not cached yet."""
         texts = list(texts)
         if not texts:
-            return np.zeros((0, self.encoder.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"text {i} is {type(t).__name__}, expected str")
@@ -103,8 +136,10 @@ class TextEmbeddingCache:
                 missing[k] = t
         if missing:
             new = self.encoder.embed(list(missing.values())).astype(np.float32)
-            start = len(self._embeddings)
-            self._embeddings = np.concatenate([self._embeddings, new])
+            start = len(self._index)
+            self._embeddings = (
+                new if self._embeddings is None else np.concatenate([self._embeddings, new])
+            )
             for j, k in enumerate(missing):
                 self._index[k] = start + j
             self._save()

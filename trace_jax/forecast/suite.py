@@ -12,9 +12,11 @@ data set from the rest (Weather-Captioned window_96, H24: 36 h of history, 12 h 
 validation split, 2017, since the builder has no test split).
 
 Each model is `configs/forecast.py:<variant>` with the data set and mode set as overrides, trained
-in its own workdir (WORKDIRS/<data set>/<model>; rerunning resumes or just re-evaluates). Writes
-report.md and report.json with test MSE/MAE (standardised units) and the mean relative reduction
-of series+text RAG against no RAG over MSE and MAE (the paper's headline measure).
+in its own workdir (WORKDIRS/<data set>/<model>; rerunning resumes or just re-evaluates). A
+workdir holds the heads of one encoder: a rerun with another --encoder_from (or --variant) into
+the same --workdirs is refused before it trains, naming the changed keys. Writes report.md and
+report.json with test MSE/MAE (standardised units) and the mean relative reduction of series+text
+RAG against no RAG over MSE and MAE (the paper's headline measure).
 """
 
 from __future__ import annotations
@@ -104,7 +106,10 @@ def markdown(results: dict, command: str) -> str:
 def main(argv):
     del argv
     from trace_jax.train.forecast import ForecastTask  # pylint: disable=g-import-not-at-top
-    from trace_jax.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+    from trace_jax.train.loop import (  # pylint: disable=g-import-not-at-top
+        ConfigChangedError,
+        train_and_evaluate,
+    )
 
     if not _ENCODER.value and any(m != "dlinear" for m in _MODELS.value):
         raise app.UsageError("--encoder_from is required for the TRACE models")
@@ -117,7 +122,10 @@ def main(argv):
             )
             workdir = pathlib.Path(_WORKDIRS.value) / dataset / model
             logging.info("training %s on %s in %s", model, dataset, workdir)
-            results[dataset][model] = train_and_evaluate(config, workdir, ForecastTask(config))
+            try:
+                results[dataset][model] = train_and_evaluate(config, workdir, ForecastTask(config))
+            except ConfigChangedError as e:
+                sys.exit(f"error: {e} Give each encoder its own --workdirs.")
             print(dataset, model, json.dumps(results[dataset][model]), flush=True)
     command = "python -m trace_jax.forecast.suite " + " ".join(sys.argv[1:])
     out = pathlib.Path(_OUT.value)

@@ -31,13 +31,25 @@ import numpy as np
 
 from trace_jax.text.minilm import MiniLM, MiniLMConfig
 from trace_jax.text.tokenizer import MiniLMTokenizer
+from trace_jax.text.weights import PINNED_SHA256
 
 MODEL_NAME = "all-MiniLM-L6-v2"
+DEFAULT_MAX_LENGTH = 256  # sentence-transformers' truncation for this model
 BUCKETS = (16, 20, 24, 32, 40, 48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256)
 TOKENS_PER_BATCH = 1024
 # One compilation (~0.8 CPU s, measured) costs about as much as this many padded tokens.
 COMPILE_COST_TOKENS = 7168
 PROGRESS_MIN_TEXTS = 2000
+
+
+def model_id_for(sha256: str, max_length: int) -> str:
+    """Cache key of an encoder: model name, weights hash prefix and truncation length."""
+    return f"{MODEL_NAME}:{sha256[:12]}:len{max_length}"
+
+
+# What TextEncoder.load() gives with its defaults (it refuses weights other than the pinned
+# ones): known without loading, so a warm text-embedding cache never loads the model.
+DEFAULT_MODEL_ID = model_id_for(PINNED_SHA256, DEFAULT_MAX_LENGTH)
 
 
 def length_buckets(max_length: int, buckets: Sequence[int] = BUCKETS) -> tuple[int, ...]:
@@ -109,7 +121,7 @@ class TextEncoder:
     @classmethod
     def load(
         cls,
-        max_length: int = 256,
+        max_length: int = DEFAULT_MAX_LENGTH,
         tokens_per_batch: int = TOKENS_PER_BATCH,
         *,
         batch_size: int | None = None,
@@ -136,7 +148,7 @@ class TextEncoder:
     @property
     def model_id(self) -> str:
         """Cache key: model name, weights hash prefix and truncation length."""
-        return f"{MODEL_NAME}:{self.sha256[:12]}:len{self.max_length}"
+        return model_id_for(self.sha256, self.max_length)
 
     @property
     def dim(self) -> int:

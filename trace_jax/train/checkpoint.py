@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import grain
@@ -49,6 +50,10 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
+    def saved_config(self, step: int) -> dict:
+        """The config saved with the checkpoint at `step`."""
+        return _restore_config(self.manager, step)
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -63,9 +68,67 @@ def saved_config(workdir: str | pathlib.Path, step: int | None = None) -> tuple[
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {checkpoints}")
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    config = _restore_config(manager, step)
     manager.close()
-    return step, config["config"]
+    return step, config
+
+
+def _restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+# Config keys a resumed run may change: how long it trains (more steps extend it), how often it
+# logs, evaluates and saves, and where it runs (host devices, mesh layout, input workers, the text
+# cache's location). None changes what the run computes; any other change would continue one
+# experiment under another's settings. A key ending in "." covers its whole section.
+RESUMABLE_KEYS = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "data.worker_count",
+    "data.text_cache_dir",
+    "cpu_devices",
+    "mesh.",
+    "sharding.",
+)
+
+
+class Absent:
+    """Stands for a key that one of two compared configs does not have."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = Absent()
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """Dotted key -> (saved value, current value) for every key outside RESUMABLE_KEYS whose
+    value differs, ABSENT standing for a key one side lacks.
+
+    `current` is compared as it would be saved, in JSON (tuples become lists).
+    """
+    saved, current = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+    changes = {}
+    for key in sorted(saved.keys() | current.keys()):
+        old, new = saved.get(key, ABSENT), current.get(key, ABSENT)
+        resumable = any(key.startswith(r) if r.endswith(".") else key == r for r in RESUMABLE_KEYS)
+        if old != new and not resumable:
+            changes[key] = (old, new)
+    return changes
 
 
 def restore_params(workdir: str | pathlib.Path, abstract_params, step: int | None = None):

@@ -26,7 +26,7 @@ from trace_jax import xla_options
 from trace_jax.data import pipeline
 from trace_jax.data.sources import load_sources
 from trace_jax.train import sharding as shard_lib
-from trace_jax.train.checkpoint import Checkpointer, restore_params
+from trace_jax.train.checkpoint import Checkpointer, config_changes, restore_params
 from trace_jax.train.metrics_writer import MetricsWriter
 from trace_jax.train.state import (
     init_state,
@@ -188,6 +188,31 @@ def build_trainer(config, task, mesh, example) -> Trainer:
     )
 
 
+class ConfigChangedError(ValueError):
+    """The workdir's checkpoint was saved under another config: resuming it would continue one
+    experiment under another's settings (or report the old run's results as the new one's)."""
+
+
+def check_resumable(checkpointer: Checkpointer, config: dict, allow_config_change: bool) -> None:
+    """Refuses a config (as a dict) that differs from the one saved with the latest checkpoint,
+    but in keys that only say how long or where the run goes on (checkpoint.RESUMABLE_KEYS); with
+    `allow_config_change` it logs the differences and lets the run resume."""
+    step = checkpointer.latest_step()
+    if step is None:
+        return
+    changes = config_changes(checkpointer.saved_config(step), config)
+    if not changes:
+        return
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+    if allow_config_change:
+        logging.warning("resuming step %d under a changed config: %s", step, listed)
+        return
+    raise ConfigChangedError(
+        f"{checkpointer.directory.parent} holds a run whose checkpoint (step {step}) was saved "
+        f"under another config: {listed}. Run the new config in a new workdir."
+    )
+
+
 def initial_state(task, trainer: Trainer, example, checkpointer, train_iter):
     """The latest checkpoint's state (and data position), else a fresh one."""
     if checkpointer.latest_step() is not None:
@@ -206,10 +231,25 @@ def initial_state(task, trainer: Trainer, example, checkpointer, train_iter):
     return state
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, float]:
-    """Trains `task` as configured; resumes from the latest checkpoint in `workdir`."""
+def train_and_evaluate(
+    config, workdir: str | pathlib.Path, task, *, allow_config_change: bool = False
+) -> dict[str, float]:
+    """Trains `task` as configured; resumes from the latest checkpoint in `workdir`.
+
+    A checkpoint saved under another config is refused before anything is loaded or written
+    (check_resumable), unless `allow_config_change`.
+    """
     workdir = pathlib.Path(workdir)
     train_cfg = config.train
+    config_dict = config.to_dict()  # what is checked against the checkpoint is what is saved
+    checkpointer = Checkpointer(
+        workdir / "checkpoints", keep=train_cfg.keep_checkpoints, every=train_cfg.checkpoint_every
+    )
+    try:
+        check_resumable(checkpointer, config_dict, allow_config_change)
+    except ConfigChangedError:
+        checkpointer.close()
+        raise
 
     # Data and mesh.
     train_source, validation_source = task_sources(config, task)
@@ -229,9 +269,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
         require_text=task.requires_text,
         worker_count=worker_count,
     )
-    checkpointer = Checkpointer(
-        workdir / "checkpoints", keep=train_cfg.keep_checkpoints, every=train_cfg.checkpoint_every
-    )
     writer = MetricsWriter(workdir)
 
     with jax.set_mesh(mesh):
@@ -247,7 +284,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, task) -> dict[str, f
                 train_cfg.batch_size,
             )
 
-        config_dict = config.to_dict()
         start = int(state["step"])
         preemption = PreemptionFlag()
         progress = Progress(train_cfg.steps, start)
