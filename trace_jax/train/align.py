@@ -15,8 +15,7 @@ from trace_jax.model.heads import AlignModel
 from trace_jax.train.losses import (
     content_keys,
     masked_reconstruction_loss,
-    patches_to_reconstruct,
-    random_series_patch_mask,
+    reconstruction_mask,
     sample_and_channel_loss,
 )
 
@@ -68,15 +67,9 @@ class AlignTask:
         mask_rng, dropout_rng = jax.random.split(rng)
         mask = query = None
         if self.model.reconstruct:
-            mask = random_series_patch_mask(
-                mask_rng,
-                batch["series"],
-                batch["observed"],
-                self.encoder_config.patch_len,
-                self.config.mask_ratio,
+            mask, query, query_masked = reconstruction_mask(
+                mask_rng, batch, self.encoder_config.patch_len, self.config.mask_ratio
             )
-            # The reconstruction term reads the masked patches only (see PretrainTask.loss).
-            query, query_masked = patches_to_reconstruct(mask, self.config.mask_ratio)
         out = self.model.apply(
             {"params": params["model"]},
             batch,

@@ -343,3 +343,11 @@ def random_series_patch_mask(
     observed = jnp.asarray(observed).astype(bool) & jnp.isfinite(series)
     _, point_observed = patchify(series, observed, patch_len)
     return random_patch_mask(rng, point_observed.any(-1), ratio)
+
+
+def reconstruction_mask(rng: jax.Array, batch: dict, patch_len: int, ratio: float):
+    """(mask, query, query_masked) of a masked-reconstruction step: the random patch mask of the
+    batch's series, then the patches the loss reads (patches_to_reconstruct): the encoder's last
+    block and the head need run only for those, not for every patch."""
+    mask = random_series_patch_mask(rng, batch["series"], batch["observed"], patch_len, ratio)
+    return (mask, *patches_to_reconstruct(mask, ratio))

@@ -12,8 +12,8 @@ from trace_jax.model.heads import PretrainModel
 from trace_jax.train.losses import (
     labelled_cross_entropy,
     masked_reconstruction_loss,
-    patches_to_reconstruct,
     random_series_patch_mask,
+    reconstruction_mask,
 )
 
 # Validation masks come from a fixed key so every evaluation scores the same patches.
@@ -62,10 +62,9 @@ class PretrainTask:
 
     def loss(self, params, batch, rng):
         mask_rng, dropout_rng = jax.random.split(rng)
-        mask = self._mask(mask_rng, batch)
-        # Only masked patches enter the loss: the encoder's last block and the head run for
-        # them (and as many others as make the count static), not for every patch.
-        query, query_masked = patches_to_reconstruct(mask, self.config.mask_ratio)
+        mask, query, query_masked = reconstruction_mask(
+            mask_rng, batch, self.encoder_config.patch_len, self.config.mask_ratio
+        )
         out = self._apply(
             params,
             batch,
