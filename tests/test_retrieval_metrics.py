@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from trace_jax.eval.retrieval_metrics import (
+    channel_text_metrics,
     exact_pair_metrics,
     identical_rows,
     label_metrics,
@@ -205,3 +206,33 @@ def test_identical_pairs_are_equally_right_answers():
     group = np.array([[1, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]], bool)
     found = text_series_metrics(sim, np.zeros(4, int), same_group=group, same_pair=same)
     assert found["text->series (within domain)"]["hit@1"] == 1.0
+
+
+
+def test_channel_text_retrieval_across_windows_by_hand():
+    e = np.eye(3, dtype=np.float32)
+    # Three windows of two channels (ids 4 and 7). Channel 4's texts: windows 0 and 1 share one
+    # sentence. Channel 7 is unobserved in window 2, so it is retrieved among two windows.
+    channels = np.stack([[e[0], e[0]], [e[1], e[1]], [e[2], e[2]]])
+    text = channels.copy()
+    text[0, 0] = e[1]  # window 0's channel-4 text: the sentence of window 1's
+    text[1, 1] = e[0]  # window 1's channel-7 text embeds as window 0's
+    valid = np.array([[True, True], [True, True], [True, False]])
+    ids = np.array([[4, 7]] * 3)
+    keys = np.array([[[1], [10]], [[1], [11]], [[2], [12]]])  # text identity
+    found = channel_text_metrics(channels, text, valid, ids, keys)
+    # Every channel a text describes is a right answer. text->channel, channel 4: text 0 (the
+    # sentence of windows 0 and 1) picks window 1's channel: right; texts 1 and 2 right.
+    # Channel 7: text 0 right; text 1 prefers window 0's channel: wrong.
+    assert found["text->channel"]["hit@1"] == pytest.approx(4 / 5)
+    assert found["text->channel"]["n_queries"] == 5.0
+    # channel->text, channel 4: channel 0 ties its sentence with window 2's text (pessimistic:
+    # wrong), 1 and 2 right. Channel 7: both channels tie their text with the other's: wrong.
+    assert found["channel->text"]["hit@1"] == pytest.approx(2 / 5)
+    # MRR: channel 7's text 1 finds its channel second; channel->text's misses all rank 2.
+    assert found["text->channel"]["mrr"] == pytest.approx((4 + 1 / 2) / 5)
+    assert found["channel->text"]["mrr"] == pytest.approx((2 + 3 / 2) / 5)
+    # Random ranking: channel 4 (2/3 + 2/3 + 1/3), channel 7 (1/2 + 1/2), over 5 queries.
+    assert found["text->channel"]["chance_hit@1"] == pytest.approx((5 / 3 + 1) / 5)
+    assert channel_text_metrics(channels, text, valid & False, ids, keys) == {}
+

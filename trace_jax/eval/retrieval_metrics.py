@@ -217,3 +217,53 @@ def series_series_metrics(sim, labels, exclude) -> Dict[str, Dict[str, float]]:
     whatever else must not count (windows overlapping it in time); {} when none is labelled."""
     found = labelled_label_metrics(sim, labels, labels, ks=(1, 5), exclude=exclude)
     return {"series->series": found} if found else {}
+
+
+
+
+def channel_text_metrics(channels, channel_text, valid, channel_ids, text_keys):
+    """Retrieval between channels and their texts among the channels of the same channel (id)
+    across windows: which window's temperature a temperature description is of, and back.
+    Within one window the channel identity alone tells them apart; across windows only the
+    alignment of what the series does with what the text says can.
+
+    channels, channel_text: (n, C, d) embeddings; valid (n, C) bool: the channel is observed
+    and has a text; channel_ids (n, C) int; text_keys (n, C, k): equal rows mean the same text
+    (losses.content_keys). Channel texts repeat across windows ("temperature stays level"), so
+    every channel a query text describes is a right answer, and for a channel every copy of its
+    text: hit@1 is whether the top candidate is right, MRR the reciprocal rank of the first
+    right one (ties pessimistic; label_metrics with the text as label). Pooled over channel
+    ids, each query once; `chance_hit@1` is a random ranking's. {} when no channel id has two
+    valid channels.
+    """
+    valid = np.asarray(valid, bool)
+    if not valid.any():
+        return {}
+    flat = lambda x: np.asarray(x)[valid]
+    channels, channel_text = flat(channels), flat(channel_text)
+    channel_ids, text_keys = flat(channel_ids), flat(text_keys).reshape(int(valid.sum()), -1)
+    sums = {"text->channel": {}, "channel->text": {}}
+    for channel in np.unique(channel_ids):
+        rows = np.flatnonzero(channel_ids == channel)
+        if len(rows) < 2:
+            continue
+        _, text = np.unique(text_keys[rows], axis=0, return_inverse=True)
+        text = text.reshape(-1)
+        sim = channel_text[rows] @ channels[rows].T
+        copies = np.bincount(text)[text]
+        for name, s in (("text->channel", sim), ("channel->text", sim.T)):
+            found = label_metrics(s, text, text, ks=(1,))
+            total = sums[name]
+            for key, value in (
+                ("hit@1", found["label_p@1"]),
+                ("mrr", found["label_mrr"]),
+                ("chance_hit@1", float(np.mean(copies / len(rows)))),
+            ):
+                total[key] = total.get(key, 0.0) + len(rows) * value
+            total["n_queries"] = total.get("n_queries", 0.0) + len(rows)
+    out = {}
+    for name, total in sums.items():
+        if total:
+            n = total["n_queries"]
+            out[name] = {k: (v if k == "n_queries" else v / n) for k, v in total.items()}
+    return out

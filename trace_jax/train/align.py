@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trace_jax.eval.retrieval_metrics import identical_rows, text_series_metrics
+from trace_jax.eval.retrieval_metrics import (
+    channel_text_metrics,
+    identical_rows,
+    text_series_metrics,
+)
 from trace_jax.model import EncoderConfig
 from trace_jax.model.heads import AlignModel
 from trace_jax.train.losses import (
@@ -109,17 +113,25 @@ class AlignTask:
             batch["channel_ids"],
             method=AlignModel.embed_series,
         )
-        text = self.model.apply(model, batch["text_embedding"], method=AlignModel.embed_text)
+        embed_text = lambda x: self.model.apply(model, x, method=AlignModel.embed_text)
         return {
             "series": series["sample"],
-            "text": text,
+            "text": embed_text(batch["text_embedding"]),
             "label": batch["label"],
             "has_text": batch["has_text"],
+            # Retrieval's channel embeddings: no cross-attention, which needs the text.
+            "channels": series["channels"],
+            "channel_text": embed_text(batch["channel_text_embedding"]),
+            "channel_valid": series["channel_valid"] & batch["channel_text_valid"],
+            "channel_ids": batch["channel_ids"],
+            "channel_text_keys": content_keys(batch["channel_text_embedding"]),
         }
 
     @staticmethod
     def eval_metrics(outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        """text->series and series->text retrieval of the exact pair among the evaluation set."""
+        """text->series and series->text retrieval of the exact pair among the evaluation set;
+        where windows have channel texts, a channel's text among the same channel's in every
+        window, and back (channel_text_metrics)."""
         keep = outputs["has_text"].astype(bool)
         series, text = outputs["series"][keep], outputs["text"][keep]
         # Identical inputs embed identically: equal rows are pairs sharing a text or a window.
@@ -129,5 +141,16 @@ class AlignTask:
         for name, short in (("text->series", "t2s"), ("series->text", "s2t")):
             metrics.update(
                 {f"{short}_{k}": v for k, v in found[name].items() if not k.startswith("n_")}
+            )
+        channel = channel_text_metrics(
+            outputs["channels"],
+            outputs["channel_text"],
+            outputs["channel_valid"],
+            outputs["channel_ids"],
+            outputs["channel_text_keys"],
+        )
+        for name, short in (("text->channel", "channel_t2c"), ("channel->text", "channel_c2t")):
+            metrics.update(
+                {f"{short}_{k}": v for k, v in channel.get(name, {}).items() if k != "n_queries"}
             )
         return metrics
