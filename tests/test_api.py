@@ -43,13 +43,13 @@ def trained(aligned_workdir, text_cache_dir):
     return aligned_workdir, config, stack("series"), stack("observed"), stack("channel_ids")
 
 
-def live_embeddings(workdir, config, series, observed, channel_ids):
+def live_embeddings(workdir, config, series, observed, channel_ids, output="sample"):
     _, params = read_params(workdir, config)
     model = AlignModel(EncoderConfig.from_mapping(config.model.to_dict()))
     out = model.apply(
         {"params": params["model"]}, series, observed, channel_ids, method="embed_series"
     )
-    return np.asarray(out["sample"])
+    return np.asarray(out[output])
 
 
 def test_load_workdir_embeds_like_the_trained_model(trained):
@@ -61,6 +61,24 @@ def test_load_workdir_embeds_like_the_trained_model(trained):
         got, live_embeddings(workdir, config, series, observed, channel_ids), atol=1e-5
     )
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_channel_embeddings_match_the_trained_model_and_flag_empty_channels(trained):
+    workdir, config, series, observed, channel_ids = trained
+    observed = observed.copy()
+    observed[1, 0] = False  # window 1's first channel: nothing observed
+    model = trace_jax.load(workdir)
+    model.batch_size = 2
+    channels, valid = model.embed_channels(series, observed, channel_ids)
+    np.testing.assert_allclose(
+        channels,
+        live_embeddings(workdir, config, series, observed, channel_ids, output="channels"),
+        atol=1e-5,
+    )
+    assert channels.shape == series.shape[:2] + (model.dim,)
+    np.testing.assert_array_equal(valid, observed.any(-1))
+    assert not valid[1, 0]
+    np.testing.assert_allclose(np.linalg.norm(channels[valid], axis=-1), 1.0, rtol=1e-5)
 
 
 def test_export_reloads_and_matches_the_live_model(trained, tmp_path):

@@ -23,6 +23,8 @@ def split(aligned_workdir, text_cache_dir):
         "observed": stack("observed"),
         "channel_ids": stack("channel_ids"),
         "text_embedding": stack("text_embedding")[:, 0],
+        "channel_text_embedding": stack("channel_text_embedding"),
+        "channel_text_valid": stack("channel_text_valid"),
         "has_text": stack("num_texts") > 0,
         "label": stack("label"),
         "start": stack("start_time"),
@@ -54,6 +56,13 @@ def test_model_and_baselines_report(split):
             assert 0 <= m["label_p@1"] <= 1 and 0 <= m["label_mrr"] <= 1
         assert methods[name]["text->series"]["n_queries"] == data["has_text"].sum()
     assert set(methods["dtw"]) == {"series->series", "seconds"}
+    # The synthetic windows have channel texts: each channel's text among the same channel's.
+    n_channel_texts = data["channel_text_valid"].sum()
+    for direction in ("text->channel", "channel->text"):
+        m = methods["TRACE"][direction]
+        assert set(m) == {"hit@1", "mrr", "chance_hit@1", "n_queries"}
+        assert 0 < m["chance_hit@1"] < 1 and 0 <= m["hit@1"] <= 1
+        assert m["n_queries"] == n_channel_texts
     report = {
         "dataset": "synthetic",
         "split": "validation",
@@ -64,6 +73,7 @@ def test_model_and_baselines_report(split):
     }
     text = evaluate.markdown(report)
     assert "## text->series" in text and "| dtw |" in text and "nan" not in text
+    assert "## channel->text" in text
 
 
 def test_baselines_match_direct_computations():

@@ -3,6 +3,7 @@
     import trace_jax
     model = trace_jax.load("runs/align_wc")          # a workdir (latest checkpoint) or an export
     z_series = model.embed_series(series)            # (N, C, T) -> (N, d), L2-normalised
+    z_channels, valid = model.embed_channels(series) # (N, C, d) and (N, C): per channel
     z_text = model.embed_text(["heavy rain and strong wind"])
     index = model.build_index(series, texts=captions)
     hits = index.search("heavy rain and strong wind", k=5)  # text -> series
@@ -118,10 +119,8 @@ class TraceModel:
     def __post_init__(self):
         self.model = AlignModel(self.encoder_config)
         self.params = jax.device_put(self.params)
-        self._embed_series = jax.jit(
-            lambda p, s, o, c: self.model.apply({"params": p}, s, o, c, method="embed_series")[
-                "sample"
-            ],
+        self._encoder_outputs = jax.jit(
+            lambda p, s, o, c: self.model.apply({"params": p}, s, o, c, method="embed_series"),
             compiler_options=xla_options.encoder_forward(self.encoder_config),
         )
         self._project_text = jax.jit(
@@ -171,6 +170,19 @@ class TraceModel:
 
         channel_ids: (C,) or (N, C) CIT ids (see channel_ids_for); None: 0..C-1.
         """
+        return self.encode(series, observed, channel_ids)["sample"]
+
+    def embed_channels(self, series, observed=None, channel_ids=None):
+        """Per-channel embeddings in the shared space, for matching channel texts:
+        ((N, C, d) float32 unit vectors, (N, C) bool: the channel has an observed point).
+        Arguments as embed_series's; one encoder pass gives both (a channel's embedding sees
+        the window's other channels through attention)."""
+        out = self.encode(series, observed, channel_ids)
+        return out["channels"], out["channel_valid"]
+
+    def encode(self, series, observed=None, channel_ids=None) -> dict[str, np.ndarray]:
+        """Both in one pass: {"sample": embed_series's, "channels" and "channel_valid":
+        embed_channels'}."""
         series, observed = check_series(series, observed)
         n, c, _ = series.shape
         channel_ids = self.channel_ids_for(n, c, channel_ids)
@@ -186,8 +198,9 @@ class TraceModel:
                 for x in (series, observed, channel_ids)
             ]
             padded[1][rows.stop - rows.start :, :, 0] = True  # padding rows: one observed zero
-            out.append(np.asarray(self._embed_series(self.params, *padded))[: b - pad])
-        return np.concatenate(out)
+            batch = jax.device_get(self._encoder_outputs(self.params, *padded))
+            out.append({k: v[: b - pad] for k, v in batch.items()})
+        return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
     def project_text(self, text_embeddings) -> np.ndarray:
         """Frozen text-tower embeddings (N, 384) -> (N, d) unit vectors in the shared space."""

@@ -14,9 +14,14 @@ Directions and metrics:
   series->series              label P@1/P@5, label MRR; the query's own window and every window
                               overlapping it in time (of the same series) are excluded, since
                               they share most of its points.
+  text->channel, channel->text where windows have channel texts: a channel's text among the
+                              same channel's in every window of the split, and back; every
+                              copy of a repeated text is a right answer (hit@1, MRR, and a
+                              random ranking's hit@1).
 Time-MMD (label = domain): text<->series across domains (all candidates) and within the query's
 domain (candidates of its domain only); series->series with the domain as label.
-Baselines: random (every direction); z-normalised Euclidean, DTW and SAX-VSM (series->series).
+Baselines: random (each channel direction reports its hit@1 as chance_hit@1); z-normalised
+Euclidean, DTW and SAX-VSM (series->series).
 Split windows without text take part in series->series only.
 """
 
@@ -32,6 +37,7 @@ from absl import logging
 import numpy as np
 
 from trace_jax.eval.retrieval_metrics import (
+    channel_text_metrics,
     identical_rows,
     series_series_metrics,
     text_series_metrics,
@@ -77,6 +83,8 @@ def load_split(dataset, data_dir, split, manual_dir=None, builder_config=None) -
         "observed": stack("observed"),
         "channel_ids": stack("channel_ids"),
         "text_embedding": stack("text_embedding")[:, 0],
+        "channel_text_embedding": stack("channel_text_embedding"),
+        "channel_text_valid": stack("channel_text_valid"),
         "has_text": stack("num_texts") > 0,
         "text": texts,
         "label": stack("label"),
@@ -112,7 +120,8 @@ def same_pair_mask(data):
 
 def evaluate_model(model, data) -> dict:
     t = time.time()
-    z_series = model.embed_series(data["series"], data["observed"], data["channel_ids"])
+    encoded = model.encode(data["series"], data["observed"], data["channel_ids"])
+    z_series = encoded["sample"]
     captioned = data["has_text"]
     result = {}
     if captioned.any():  # years without captions: series->series only
@@ -126,6 +135,18 @@ def evaluate_model(model, data) -> dict:
     result.update(
         series_series_metrics(z_series @ z_series.T, data["label"], overlap_exclusion(data))
     )
+    if data["channel_text_valid"].any():
+        channel_text = data["channel_text_embedding"]
+        z_channel_text = model.project_text(channel_text.reshape(-1, channel_text.shape[-1]))
+        result.update(
+            channel_text_metrics(
+                encoded["channels"],
+                z_channel_text.reshape(*channel_text.shape[:2], -1),
+                encoded["channel_valid"] & data["channel_text_valid"],
+                data["channel_ids"],
+                channel_text,  # equal embeddings: the same text
+            )
+        )
     result["seconds"] = time.time() - t
     return result
 
