@@ -3,7 +3,7 @@ headline reduction and the report table."""
 
 import pytest
 
-from trace_jax.forecast.suite import forecast_config, markdown, relative_reduction
+from trace_jax.forecast.suite_lib import forecast_config, markdown, relative_reduction
 
 
 def test_configs_for_time_mmd_and_window_data_sets():
