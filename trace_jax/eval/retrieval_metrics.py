@@ -219,8 +219,6 @@ def series_series_metrics(sim, labels, exclude) -> Dict[str, Dict[str, float]]:
     return {"series->series": found} if found else {}
 
 
-
-
 def channel_text_metrics(channels, channel_text, valid, channel_ids, text_keys):
     """Retrieval between channels and their texts among the channels of the same channel (id)
     across windows: which window's temperature a temperature description is of, and back.
@@ -242,7 +240,7 @@ def channel_text_metrics(channels, channel_text, valid, channel_ids, text_keys):
     flat = lambda x: np.asarray(x)[valid]
     channels, channel_text = flat(channels), flat(channel_text)
     channel_ids, text_keys = flat(channel_ids), flat(text_keys).reshape(int(valid.sum()), -1)
-    sums = {"text->channel": {}, "channel->text": {}}
+    per_channel = {"text->channel": [], "channel->text": []}  # (queries, hit@1, mrr, chance)
     for channel in np.unique(channel_ids):
         rows = np.flatnonzero(channel_ids == channel)
         if len(rows) < 2:
@@ -250,20 +248,19 @@ def channel_text_metrics(channels, channel_text, valid, channel_ids, text_keys):
         _, text = np.unique(text_keys[rows], axis=0, return_inverse=True)
         text = text.reshape(-1)
         sim = channel_text[rows] @ channels[rows].T
-        copies = np.bincount(text)[text]
+        chance = float(np.mean(np.bincount(text)[text] / len(rows)))
         for name, s in (("text->channel", sim), ("channel->text", sim.T)):
             found = label_metrics(s, text, text, ks=(1,))
-            total = sums[name]
-            for key, value in (
-                ("hit@1", found["label_p@1"]),
-                ("mrr", found["label_mrr"]),
-                ("chance_hit@1", float(np.mean(copies / len(rows)))),
-            ):
-                total[key] = total.get(key, 0.0) + len(rows) * value
-            total["n_queries"] = total.get("n_queries", 0.0) + len(rows)
+            per_channel[name].append((len(rows), found["label_p@1"], found["label_mrr"], chance))
     out = {}
-    for name, total in sums.items():
-        if total:
-            n = total["n_queries"]
-            out[name] = {k: (v if k == "n_queries" else v / n) for k, v in total.items()}
+    for name, groups in per_channel.items():
+        if groups:
+            n, hit, mrr, chance = np.asarray(groups, np.float64).T
+            average = lambda x: float(np.average(x, weights=n))
+            out[name] = {
+                "hit@1": average(hit),
+                "mrr": average(mrr),
+                "chance_hit@1": average(chance),
+                "n_queries": float(n.sum()),
+            }
     return out
